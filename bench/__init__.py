@@ -1,0 +1,1 @@
+"""Benchmarks and the rule-set scaling sweep."""

@@ -1,0 +1,1 @@
+"""Renderers: Ruleset to iptables-restore, ipset restore, nft, text and JSON."""

@@ -1,0 +1,1 @@
+"""npemu dataplane: packets in, verdicts out."""

@@ -1,0 +1,1 @@
+"""The real-kernel lab: pods and nodes as Linux network namespaces."""

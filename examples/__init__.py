@@ -1,0 +1,1 @@
+"""Bundled example scenarios (manifests and captures), shipped with the package."""
