@@ -140,7 +140,9 @@ class Inventory:
         if not _is_ip(text):
             raise ValueError(f"{text!r} is neither namespace/pod nor an IP address")
         ip = _norm(text)
-        return Endpoint(label=ip, ips=(ip,), pod=self.pod_by_ip.get(ip))
+        pod = self.pod_by_ip.get(ip)
+        # an address that belongs to a pod is that pod (by name, with all of its addresses)
+        return Endpoint(label=pod.key, ips=pod.ips, pod=pod) if pod else Endpoint(label=ip, ips=(ip,))
 
     def pod_endpoints(self) -> list[Endpoint]:
         """Every pod that has an address, in manifest order."""
