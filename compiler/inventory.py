@@ -35,14 +35,18 @@ class Inventory:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.namespaces: dict[str, Namespace] = {ns.name: ns for ns in cluster.namespaces}
-        for name in sorted({p.namespace for p in cluster.pods} | {p.namespace for p in cluster.policies}):
+        for name in sorted(
+            {p.namespace for p in cluster.pods} | {p.namespace for p in cluster.policies}
+        ):
             self.namespaces.setdefault(name, Namespace(name=name, implicit=True))
         self._ns_labels = {name: ns.effective_labels for name, ns in self.namespaces.items()}
         self.nodes: dict[str, Node] = {n.name: n for n in cluster.nodes}
         self.pods: tuple[Pod, ...] = cluster.pods
         self.pod_by_key: dict[str, Pod] = {p.key: p for p in cluster.pods}
         self._pods_by_ns: dict[str, list[int]] = defaultdict(list)
-        self._by_label: dict[str, dict[tuple[str, str], list[int]]] = defaultdict(lambda: defaultdict(list))
+        self._by_label: dict[str, dict[tuple[str, str], list[int]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
         self._by_key: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         self._label_dicts: list[dict[str, str]] = []
         for i, pod in enumerate(cluster.pods):
@@ -71,12 +75,18 @@ class Inventory:
         """Pods in those namespaces whose labels match, in manifest order."""
         out: list[int] = []
         for ns in namespaces:
-            out.extend(i for i in self._candidates(ns, selector) if selector_matches(selector, self._label_dicts[i]))
+            out.extend(
+                i
+                for i in self._candidates(ns, selector)
+                if selector_matches(selector, self._label_dicts[i])
+            )
         return [self.pods[i] for i in sorted(set(out))]
 
     def _candidates(self, ns: str, selector: LabelSelector) -> Sequence[int]:
         # Narrow with the smallest index hit; the exact check follows in select_pods.
-        options: list[Sequence[int]] = [self._by_label[ns].get(kv, ()) for kv in selector.match_labels]
+        options: list[Sequence[int]] = [
+            self._by_label[ns].get(kv, ()) for kv in selector.match_labels
+        ]
         for req in selector.match_expressions:
             if req.operator == "In":
                 merged: list[int] = []
@@ -132,7 +142,9 @@ class Inventory:
         if "/" in text and not _is_ip(text):
             pod = self.pod_by_key.get(text)
             if pod is None:
-                raise KeyError(f"unknown pod {text!r} (endpoints are namespace/pod or an IP address)")
+                raise KeyError(
+                    f"unknown pod {text!r} (endpoints are namespace/pod or an IP address)"
+                )
             ips = self.pod_ips(pod)
             if not ips:
                 raise ValueError(f"pod {text} has no IP address (status.podIP(s) is empty)")
@@ -142,7 +154,9 @@ class Inventory:
         ip = _norm(text)
         pod = self.pod_by_ip.get(ip)
         # an address that belongs to a pod is that pod (by name, with all of its addresses)
-        return Endpoint(label=pod.key, ips=pod.ips, pod=pod) if pod else Endpoint(label=ip, ips=(ip,))
+        return (
+            Endpoint(label=pod.key, ips=pod.ips, pod=pod) if pod else Endpoint(label=ip, ips=(ip,))
+        )
 
     def pod_endpoints(self) -> list[Endpoint]:
         """Every pod that has an address, in manifest order."""

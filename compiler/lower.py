@@ -59,16 +59,32 @@ class _Builder:
     sets: dict[str, IPSet] = field(default_factory=dict)
     chains: dict[str, Chain] = field(default_factory=dict)
     _selector_sets: dict[tuple, dict[int, str]] = field(default_factory=dict)
-    _named_port_sets: dict[tuple[str, str], dict[tuple[int, int], str]] = field(default_factory=dict)
+    _named_port_sets: dict[tuple[str, str], dict[tuple[int, int], str]] = field(
+        default_factory=dict
+    )
 
     # -- sets ----------------------------------------------------------------------------------
 
-    def _add_set(self, prefix: str, identity: str, kind: str, family: int, entries: list[str],
-                 nomatch: tuple[str, ...] = (), comment: str = "") -> str:
+    def _add_set(
+        self,
+        prefix: str,
+        identity: str,
+        kind: str,
+        family: int,
+        entries: list[str],
+        nomatch: tuple[str, ...] = (),
+        comment: str = "",
+    ) -> str:
         name = f"NPEMU-{prefix}{_digest(identity)}-{family}"
         if name not in self.sets:
-            self.sets[name] = IPSet(name=name, kind=kind, family=family,  # type: ignore[arg-type]
-                                    entries=tuple(dict.fromkeys(entries)), nomatch=nomatch, comment=comment)
+            self.sets[name] = IPSet(
+                name=name,
+                kind=kind,
+                family=family,  # type: ignore[arg-type]
+                entries=tuple(dict.fromkeys(entries)),
+                nomatch=nomatch,
+                comment=comment,
+            )
         return name
 
     def selector_peer_sets(self, policy: NetworkPolicy, peer: Peer) -> dict[int, str]:
@@ -94,8 +110,15 @@ class _Builder:
         net = ipaddress.ip_network(block.cidr, strict=False)
         excepts = tuple(str(ipaddress.ip_network(e, strict=False)) for e in block.except_)
         comment = f"ipBlock {net}" + (f" except {','.join(excepts)}" if excepts else "")
-        name = self._add_set("B", repr((str(net), excepts)), "hash:net", net.version, [str(net)],
-                             nomatch=tuple(dict.fromkeys(excepts)), comment=comment)
+        name = self._add_set(
+            "B",
+            repr((str(net), excepts)),
+            "hash:net",
+            net.version,
+            [str(net)],
+            nomatch=tuple(dict.fromkeys(excepts)),
+            comment=comment,
+        )
         return net.version, name
 
     def named_port_sets(self, name: str, protocol: str) -> dict[tuple[int, int], str]:
@@ -115,8 +138,13 @@ class _Builder:
                 for fam, members in _split_families(ips).items():
                     if members:
                         out[(number, fam)] = self._add_set(
-                            "N", repr((name, protocol, number)), "hash:ip", fam, members,
-                            comment=f"pods with port {name}/{protocol} = {number}")
+                            "N",
+                            repr((name, protocol, number)),
+                            "hash:ip",
+                            fam,
+                            members,
+                            comment=f"pods with port {name}/{protocol} = {number}",
+                        )
             self._named_port_sets[key] = out
         return self._named_port_sets[key]
 
@@ -132,12 +160,17 @@ class _Builder:
         peer_dir = "src" if direction == "ingress" else "dst"
         for ri, prule in enumerate(policy_rules):
             rules.extend(self._rule_lines(policy, direction, ri, prule, peer_dir))
-        self.chains[name] = Chain(name=name, rules=tuple(rules), owner=policy.key,
-                                  comment=f"{direction} rules of {policy.key}")
+        self.chains[name] = Chain(
+            name=name,
+            rules=tuple(rules),
+            owner=policy.key,
+            comment=f"{direction} rules of {policy.key}",
+        )
         return name
 
-    def _peer_alternatives(self, policy: NetworkPolicy, prule: PolicyRule, peer_dir: str
-                           ) -> list[tuple[int | None, int | None, tuple[Match, ...]]]:
+    def _peer_alternatives(
+        self, policy: NetworkPolicy, prule: PolicyRule, peer_dir: str
+    ) -> list[tuple[int | None, int | None, tuple[Match, ...]]]:
         """(peer index, family, matches) for each peer and family."""
         if not prule.peers:
             return [(None, None, ())]
@@ -151,8 +184,9 @@ class _Builder:
                     out.append((pi, fam, (SetMatch(name, peer_dir),)))  # type: ignore[arg-type]
         return out
 
-    def _port_alternatives(self, port: PolicyPort | None
-                           ) -> list[tuple[int | None, tuple[Match, ...]]]:
+    def _port_alternatives(
+        self, port: PolicyPort | None
+    ) -> list[tuple[int | None, tuple[Match, ...]]]:
         """(family constraint, matches) for one ports entry."""
         if port is None:
             return [(None, ())]
@@ -169,23 +203,37 @@ class _Builder:
             for (number, fam), set_name in self.named_port_sets(port.port, port.protocol).items()
         ]
 
-    def _rule_lines(self, policy: NetworkPolicy, direction: str, ri: int, prule: PolicyRule,
-                    peer_dir: str) -> list[Rule]:
+    def _rule_lines(
+        self, policy: NetworkPolicy, direction: str, ri: int, prule: PolicyRule, peer_dir: str
+    ) -> list[Rule]:
         lines: list[Rule] = []
         ports: list[tuple[int | None, PolicyPort | None]] = (
-            list(enumerate(prule.ports)) if prule.ports else [(None, None)])  # type: ignore[list-item]
+            list(enumerate(prule.ports)) if prule.ports else [(None, None)]
+        )  # type: ignore[list-item]
         peers = self._peer_alternatives(policy, prule, peer_dir)
         for pi, peer_fam, peer_matches in peers:
             for ki, port in ports:
                 for port_fam, port_matches in self._port_alternatives(port):
                     if peer_fam and port_fam and peer_fam != port_fam:
                         continue
-                    prov = Provenance(kind="policy-rule", policy=policy.key,
-                                      direction=direction, rule=ri, peer=pi, port=ki)  # type: ignore[arg-type]
-                    lines.append(Rule(matches=peer_matches + port_matches, target="MARK",
-                                      mark=(ALLOW_MARK, ALLOW_MARK),
-                                      family=peer_fam or port_fam,  # type: ignore[arg-type]
-                                      comment=prov.describe(), provenance=prov))
+                    prov = Provenance(
+                        kind="policy-rule",
+                        policy=policy.key,
+                        direction=direction,
+                        rule=ri,
+                        peer=pi,
+                        port=ki,
+                    )  # type: ignore[arg-type]
+                    lines.append(
+                        Rule(
+                            matches=peer_matches + port_matches,
+                            target="MARK",
+                            mark=(ALLOW_MARK, ALLOW_MARK),
+                            family=peer_fam or port_fam,  # type: ignore[arg-type]
+                            comment=prov.describe(),
+                            provenance=prov,
+                        )
+                    )
         return lines
 
     # -- per-pod chains ------------------------------------------------------------------------
@@ -196,31 +244,58 @@ class _Builder:
         self_dir = "src" if direction == "ingress" else "dst"
         rules: list[Rule] = []
         for ip in self.inv.pod_ips(pod):
-            rules.append(Rule(matches=(AddrMatch(ip, self_dir),), target="RETURN",  # type: ignore[arg-type]
-                              family=_family(ip),  # type: ignore[arg-type]
-                              comment=f"self traffic of {pod.key}",
-                              provenance=Provenance(kind="self", pod=pod.key)))
-        rules.append(Rule(target="MARK", mark=(0, ALLOW_MARK), comment="clear allow mark",
-                          provenance=Provenance(kind="clear-mark", pod=pod.key)))
+            rules.append(
+                Rule(
+                    matches=(AddrMatch(ip, self_dir),),
+                    target="RETURN",  # type: ignore[arg-type]
+                    family=_family(ip),  # type: ignore[arg-type]
+                    comment=f"self traffic of {pod.key}",
+                    provenance=Provenance(kind="self", pod=pod.key),
+                )
+            )
+        rules.append(
+            Rule(
+                target="MARK",
+                mark=(0, ALLOW_MARK),
+                comment="clear allow mark",
+                provenance=Provenance(kind="clear-mark", pod=pod.key),
+            )
+        )
         for policy in policies:
-            rules.append(Rule(target="JUMP", jump=self.policy_chain(policy, direction),
-                              comment=f"{direction} policy {policy.key}",
-                              provenance=Provenance(kind="policy-jump", policy=policy.key,
-                                                    direction=direction, pod=pod.key)))  # type: ignore[arg-type]
-            rules.append(Rule(matches=(MarkMatch(ALLOW_MARK, ALLOW_MARK),), target="RETURN",
-                              comment=f"allowed by {policy.key}",
-                              provenance=Provenance(kind="allow-check", policy=policy.key,
-                                                    direction=direction, pod=pod.key)))  # type: ignore[arg-type]
+            rules.append(
+                Rule(
+                    target="JUMP",
+                    jump=self.policy_chain(policy, direction),
+                    comment=f"{direction} policy {policy.key}",
+                    provenance=Provenance(
+                        kind="policy-jump", policy=policy.key, direction=direction, pod=pod.key
+                    ),
+                )
+            )  # type: ignore[arg-type]
+            rules.append(
+                Rule(
+                    matches=(MarkMatch(ALLOW_MARK, ALLOW_MARK),),
+                    target="RETURN",
+                    comment=f"allowed by {policy.key}",
+                    provenance=Provenance(
+                        kind="allow-check", policy=policy.key, direction=direction, pod=pod.key
+                    ),
+                )
+            )  # type: ignore[arg-type]
         deny = Provenance(kind="default-deny", direction=direction, pod=pod.key)  # type: ignore[arg-type]
         rules.append(Rule(target="DROP", comment=deny.describe(), provenance=deny))
-        self.chains[name] = Chain(name=name, rules=tuple(rules), owner=pod.key,
-                                  comment=f"{direction} of {pod.key} (isolated by "
-                                          f"{', '.join(p.key for p in policies)})")
+        self.chains[name] = Chain(
+            name=name,
+            rules=tuple(rules),
+            owner=pod.key,
+            comment=f"{direction} of {pod.key} (isolated by {', '.join(p.key for p in policies)})",
+        )
         return name
 
 
-def isolation(inv: Inventory, policies: tuple[NetworkPolicy, ...]
-              ) -> tuple[dict[str, list[NetworkPolicy]], dict[str, list[NetworkPolicy]]]:
+def isolation(
+    inv: Inventory, policies: tuple[NetworkPolicy, ...]
+) -> tuple[dict[str, list[NetworkPolicy]], dict[str, list[NetworkPolicy]]]:
     """pod key -> the policies isolating it, for ingress and for egress (policy order)."""
     ingress: dict[str, list[NetworkPolicy]] = defaultdict(list)
     egress: dict[str, list[NetworkPolicy]] = defaultdict(list)
@@ -243,31 +318,64 @@ def lower(cluster: Cluster, node: str | None = None, inventory: Inventory | None
         return node is None or pod.node_name == node
 
     dispatch: list[Rule] = [
-        Rule(matches=(CtStateMatch(("INVALID",)),), target="DROP", comment="conntrack INVALID",
-             provenance=Provenance(kind="conntrack")),
-        Rule(matches=(CtStateMatch(("RELATED", "ESTABLISHED")),), target="ACCEPT",
-             comment="conntrack ESTABLISHED,RELATED", provenance=Provenance(kind="conntrack")),
+        Rule(
+            matches=(CtStateMatch(("INVALID",)),),
+            target="DROP",
+            comment="conntrack INVALID",
+            provenance=Provenance(kind="conntrack"),
+        ),
+        Rule(
+            matches=(CtStateMatch(("RELATED", "ESTABLISHED")),),
+            target="ACCEPT",
+            comment="conntrack ESTABLISHED,RELATED",
+            provenance=Provenance(kind="conntrack"),
+        ),
     ]
     for node_name in inv.node_names():
         if node is not None and node_name != node:
             continue
-        pod_ips = [ip for p in inv.pods_by_node.get(node_name, ()) if not p.host_network
-                   for ip in inv.pod_ips(p)]
+        pod_ips = [
+            ip
+            for p in inv.pods_by_node.get(node_name, ())
+            if not p.host_network
+            for ip in inv.pod_ips(p)
+        ]
         host_ips = list(inv.node_host_ips(node_name))
         pods_by_fam, host_by_fam = _split_families(pod_ips), _split_families(host_ips)
         for fam in (4, 6):
             if not pods_by_fam[fam] or not host_by_fam[fam]:
                 continue
-            pods_set = b._add_set("NP", f"node-pods {node_name}", "hash:ip", fam, pods_by_fam[fam],
-                                  comment=f"pods on node {node_name}")
-            host_set = b._add_set("NH", f"node-host {node_name}", "hash:ip", fam, host_by_fam[fam],
-                                  comment=f"addresses of node {node_name}")
+            pods_set = b._add_set(
+                "NP",
+                f"node-pods {node_name}",
+                "hash:ip",
+                fam,
+                pods_by_fam[fam],
+                comment=f"pods on node {node_name}",
+            )
+            host_set = b._add_set(
+                "NH",
+                f"node-host {node_name}",
+                "hash:ip",
+                fam,
+                host_by_fam[fam],
+                comment=f"addresses of node {node_name}",
+            )
             prov = Provenance(kind="node-exemption", node=node_name)
             for src, dst in ((pods_set, host_set), (host_set, pods_set)):
-                dispatch.append(Rule(matches=(SetMatch(src, "src"), SetMatch(dst, "dst")),
-                                     target="ACCEPT", family=fam,  # type: ignore[arg-type]
-                                     comment=prov.describe(), provenance=prov))
-    for direction, isolated, addr_dir in (("egress", egress_of, "src"), ("ingress", ingress_of, "dst")):
+                dispatch.append(
+                    Rule(
+                        matches=(SetMatch(src, "src"), SetMatch(dst, "dst")),
+                        target="ACCEPT",
+                        family=fam,  # type: ignore[arg-type]
+                        comment=prov.describe(),
+                        provenance=prov,
+                    )
+                )
+    for direction, isolated, addr_dir in (
+        ("egress", egress_of, "src"),
+        ("ingress", ingress_of, "dst"),
+    ):
         for pod in inv.pods:
             if pod.host_network or not in_scope(pod) or pod.key not in isolated:
                 continue
@@ -276,12 +384,26 @@ def lower(cluster: Cluster, node: str | None = None, inventory: Inventory | None
                 continue
             chain = b.pod_chain(pod, direction, isolated[pod.key])
             for ip in ips:
-                dispatch.append(Rule(matches=(AddrMatch(ip, addr_dir),), target="JUMP", jump=chain,  # type: ignore[arg-type]
-                                     family=_family(ip),  # type: ignore[arg-type]
-                                     comment=f"{direction} of {pod.key}",
-                                     provenance=Provenance(kind="dispatch", direction=direction,  # type: ignore[arg-type]
-                                                           pod=pod.key)))
-    chains = {ENTRY_CHAIN: Chain(name=ENTRY_CHAIN, rules=tuple(dispatch),
-                                 comment="npemu dispatch (jumped to from FORWARD)")}
+                dispatch.append(
+                    Rule(
+                        matches=(AddrMatch(ip, addr_dir),),
+                        target="JUMP",
+                        jump=chain,  # type: ignore[arg-type]
+                        family=_family(ip),  # type: ignore[arg-type]
+                        comment=f"{direction} of {pod.key}",
+                        provenance=Provenance(
+                            kind="dispatch",
+                            direction=direction,  # type: ignore[arg-type]
+                            pod=pod.key,
+                        ),
+                    )
+                )
+    chains = {
+        ENTRY_CHAIN: Chain(
+            name=ENTRY_CHAIN,
+            rules=tuple(dispatch),
+            comment="npemu dispatch (jumped to from FORWARD)",
+        )
+    }
     chains.update(b.chains)
     return Ruleset(chains=chains, sets=b.sets, node=node)

@@ -22,10 +22,17 @@ class InputError(Exception):
 
 
 def _manifest_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="PATH",
-                   help="manifest file, directory (recursive *.yaml, *.yml, *.json) or - for stdin; "
-                        "repeatable. Takes NetworkPolicy, Namespace, Pod and Node objects, "
-                        "as `kubectl get -o yaml` prints them")
+    p.add_argument(
+        "-f",
+        "--filename",
+        dest="files",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="manifest file, directory (recursive *.yaml, *.yml, *.json) or - for stdin; "
+        "repeatable. Takes NetworkPolicy, Namespace, Pod and Node objects, "
+        "as `kubectl get -o yaml` prints them",
+    )
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -44,12 +51,15 @@ def _colour() -> bool:
 
 # -- compile -------------------------------------------------------------------------------------
 
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from compiler.lower import lower
     from compiler.render import ipset, iptables, json, nft, text
 
     cluster = _load(args)
-    if args.node and args.node not in {n.name for n in cluster.nodes} | {p.node_name for p in cluster.pods}:
+    if args.node and args.node not in {n.name for n in cluster.nodes} | {
+        p.node_name for p in cluster.pods
+    }:
         raise InputError(f"unknown node {args.node!r}: no Node manifest or pod names it")
     rs = lower(cluster, node=args.node)
     renderers: dict[str, Callable[[], str]] = {
@@ -65,6 +75,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 # -- matrix and check ----------------------------------------------------------------------------
+
 
 def _prober(cluster: Any) -> Any:
     from compiler.inventory import Inventory
@@ -101,14 +112,18 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     endpoints = prober.inventory.pod_endpoints()
     endpoints += [_endpoint(prober.inventory, e) for e in args.endpoint or []]
     if not endpoints:
-        raise InputError("no endpoints: the manifests hold no pod with an IP; add pods or --endpoint IP")
+        raise InputError(
+            "no endpoints: the manifests hold no pod with an IP; add pods or --endpoint IP"
+        )
     results = prober.matrix(endpoints, ports)
     if args.png:
         report.matrix_png(results, args.png)
         print(f"npemu: heatmap written to {args.png}", file=sys.stderr)
-    out = {"table": lambda: report.matrix_table(results, colour=_colour()),
-           "json": lambda: report.matrix_json(results) + "\n",
-           "csv": lambda: report.matrix_csv(results)}[args.output]()
+    out = {
+        "table": lambda: report.matrix_table(results, colour=_colour()),
+        "json": lambda: report.matrix_json(results) + "\n",
+        "csv": lambda: report.matrix_csv(results),
+    }[args.output]()
     sys.stdout.write(out)
     return 0
 
@@ -118,17 +133,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .probe import ProbeSpec
 
     cluster = _load(args)
-    (port, proto), = _ports([args.port])
+    ((port, proto),) = _ports([args.port])
     prober = _prober(cluster)
-    spec = ProbeSpec(_endpoint(prober.inventory, args.src), _endpoint(prober.inventory, args.dst), port, proto)
+    spec = ProbeSpec(
+        _endpoint(prober.inventory, args.src), _endpoint(prober.inventory, args.dst), port, proto
+    )
     result = prober.explain(spec)
-    sys.stdout.write(report.check_json(result) + "\n" if args.output == "json" else report.check_text(result))
+    sys.stdout.write(
+        report.check_json(result) + "\n" if args.output == "json" else report.check_text(result)
+    )
     if result.verdict == "n/a":
         raise InputError(result.explanation.get("error", "no common IP family"))
     return 0 if result.verdict == "allow" else 1
 
 
 # -- replay, generate, demo ----------------------------------------------------------------------
+
 
 def _open_capture(path: str) -> Any:
     from .capture import CaptureError, open_capture
@@ -145,16 +165,30 @@ def _progress(path: str, reader: Any) -> Any:
         return None
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                        TimeRemainingColumn(), transient=True, console=None)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=None,
+    )
     progress.start()
     progress.add_task(f"replaying {os.path.basename(path)}", total=os.path.getsize(path))
     return progress
 
 
-def run_replay(capture: str, cluster: Any, *, output: str, write_allowed: str | None = None,
-               write_dropped: str | None = None, strict: bool = False, chunk: int = 65536,
-               out: Any = None) -> Any:
+def run_replay(
+    capture: str,
+    cluster: Any,
+    *,
+    output: str,
+    write_allowed: str | None = None,
+    write_dropped: str | None = None,
+    strict: bool = False,
+    chunk: int = 65536,
+    out: Any = None,
+) -> Any:
     """Replay a capture through a cluster's tables; writes jsonl rows to ``out`` as it goes."""
     import json as jsonlib
 
@@ -173,11 +207,17 @@ def run_replay(capture: str, cluster: Any, *, output: str, write_allowed: str | 
         for raw in reader.chunks(chunk):
             v = replayer.decide(raw.parse())
             accumulate(summary, v)
-            for which, path, mask in (("allowed", write_allowed, v.allowed), ("dropped", write_dropped, ~v.allowed)):
+            for which, path, mask in (
+                ("allowed", write_allowed, v.allowed),
+                ("dropped", write_dropped, ~v.allowed),
+            ):
                 if path:
                     if which not in writers:
-                        writers[which] = CaptureWriter(path, int(raw.link_type[0]) if len(raw) else 1,
-                                                       nanosecond=reader.nanosecond)
+                        writers[which] = CaptureWriter(
+                            path,
+                            int(raw.link_type[0]) if len(raw) else 1,
+                            nanosecond=reader.nanosecond,
+                        )
                     writers[which].write_chunk(raw, mask)
             if output == "jsonl":
                 out.write("".join(jsonlib.dumps(row) + "\n" for row in packet_rows(v)))
@@ -205,15 +245,23 @@ def replay_text(summary: Any, prober: Any, top: int = 10) -> str:
         lines.append(f"  {count:>8}  {reason}")
     denied = summary.top_denied(top)
     if denied:
-        lines.append(f"top denied flows ({len(denied)} of {sum(1 for s in summary.flows.values() if s.dropped)}):")
+        lines.append(
+            f"top denied flows ({len(denied)} of {sum(1 for s in summary.flows.values() if s.dropped)}):"
+        )
     for key, st in denied:
         row = flow_row(key, st)
-        lines.append(f"  {row['src']}:{row['sport']} -> {row['dst']}:{row['dport']} {row['protocol']}: "
-                     f"{st.dropped} of {st.packets} packets dropped ({st.first_reason})")
+        lines.append(
+            f"  {row['src']}:{row['sport']} -> {row['dst']}:{row['dport']} {row['protocol']}: "
+            f"{st.dropped} of {st.packets} packets dropped ({st.first_reason})"
+        )
         if row["protocol"] in ("TCP", "UDP", "SCTP") and prober is not None:
             try:
-                spec = ProbeSpec(prober.inventory.endpoint(row["src"]), prober.inventory.endpoint(row["dst"]),
-                                 row["dport"], row["protocol"])
+                spec = ProbeSpec(
+                    prober.inventory.endpoint(row["src"]),
+                    prober.inventory.endpoint(row["dst"]),
+                    row["dport"],
+                    row["protocol"],
+                )
             except (KeyError, ValueError):
                 continue
             text = report.check_text(prober.explain(spec))
@@ -225,8 +273,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import json as jsonlib
 
     cluster = _load(args)
-    summary = run_replay(args.capture, cluster, output=args.output, write_allowed=args.write_allowed,
-                         write_dropped=args.write_dropped)
+    summary = run_replay(
+        args.capture,
+        cluster,
+        output=args.output,
+        write_allowed=args.write_allowed,
+        write_dropped=args.write_dropped,
+    )
     if args.output == "json":
         sys.stdout.write(jsonlib.dumps(summary.to_dict(), indent=2) + "\n")
     elif args.output == "text":
@@ -239,8 +292,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .flows import SCENARIOS
 
     cluster = _load(args)
-    packets = SCENARIOS[args.scenario](cluster, seed=args.seed, ports=_ports(args.port),
-                                       externals=args.endpoint or [])
+    packets = SCENARIOS[args.scenario](
+        cluster, seed=args.seed, ports=_ports(args.port), externals=args.endpoint or []
+    )
     if not packets:
         raise InputError(f"scenario {args.scenario!r} made no packets from these manifests")
     n = write_scapy(args.output, packets)
@@ -256,23 +310,26 @@ def example_dir(name: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from compiler.parse import load_cluster
-
     from compiler.inventory import Inventory
     from compiler.lower import isolation, lower
+    from compiler.parse import load_cluster
 
     from . import report
     from .probe import Prober
 
     folder = example_dir("three-tier")
-    cluster = load_cluster([os.path.join(folder, "cluster.yaml"), os.path.join(folder, "policies.yaml")])
+    cluster = load_cluster(
+        [os.path.join(folder, "cluster.yaml"), os.path.join(folder, "policies.yaml")]
+    )
     inventory = Inventory(cluster)
     rs = lower(cluster, inventory=inventory)
     ingress_of, egress_of = isolation(inventory, cluster.policies)
     say = sys.stdout.write
     say("== npemu demo: the three-tier example (examples/three-tier, bundled with npemu)\n\n")
-    say(f"compiled {len(cluster.policies)} policies over {len(cluster.pods)} pods and {len(cluster.nodes)} nodes: "
-        f"{len(rs.chains)} chains, {rs.rule_count()} rules, {len(rs.sets)} ipsets\n")
+    say(
+        f"compiled {len(cluster.policies)} policies over {len(cluster.pods)} pods and {len(cluster.nodes)} nodes: "
+        f"{len(rs.chains)} chains, {rs.rule_count()} rules, {len(rs.sets)} ipsets\n"
+    )
     for pod in cluster.pods:
         ing = ", ".join(p.name for p in ingress_of.get(pod.key, [])) or "-"
         eg = ", ".join(p.name for p in egress_of.get(pod.key, [])) or "-"
@@ -285,67 +342,98 @@ def cmd_demo(args: argparse.Namespace) -> int:
     say("\n== replay of traffic.pcap (Scapy-built: three tiers plus what should be denied)\n")
     summary = run_replay(os.path.join(folder, "traffic.pcap"), cluster, output="text")
     say(replay_text(summary, prober, top=3))
-    say("\nno rule allows db's replies to api or to the backup server: conntrack does "
-        "(see 'established' above).\n")
+    say(
+        "\nno rule allows db's replies to api or to the backup server: conntrack does "
+        "(see 'established' above).\n"
+    )
     return 0
 
 
 # -- parser --------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npemu",
         description="Kubernetes NetworkPolicy enforcement dataplane you can run without a cluster: "
-                    "compile policies into iptables-style tables, decide packets with a Linux-like "
-                    "connection tracker, and check it all against the kernel.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "compile policies into iptables-style tables, decide packets with a Linux-like "
+        "connection tracker, and check it all against the kernel.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("compile", help="validate manifests and print the compiled tables or a kernel ruleset",
-                       description="Validate the manifests and lower them into match tables. "
-                                   "iptables/ip6tables/ipset/nft outputs load into a real kernel: "
-                                   "`ipset restore`, `iptables-restore --noflush`, `nft -f`.",
-                       epilog="example: npemu compile -f examples/three-tier -o nft | nft -c -f -",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "compile",
+        help="validate manifests and print the compiled tables or a kernel ruleset",
+        description="Validate the manifests and lower them into match tables. "
+        "iptables/ip6tables/ipset/nft outputs load into a real kernel: "
+        "`ipset restore`, `iptables-restore --noflush`, `nft -f`.",
+        epilog="example: npemu compile -f examples/three-tier -o nft | nft -c -f -",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _manifest_args(p)
-    p.add_argument("-o", "--output", default="text",
-                   choices=["text", "json", "iptables", "ip6tables", "ipset", "nft"],
-                   help="text: tables with provenance (default); json: the IR; iptables/ip6tables: "
-                        "iptables-restore input (uses the ipset sets); ipset: ipset restore input; "
-                        "nft: one atomic nft script")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="text",
+        choices=["text", "json", "iptables", "ip6tables", "ipset", "nft"],
+        help="text: tables with provenance (default); json: the IR; iptables/ip6tables: "
+        "iptables-restore input (uses the ipset sets); ipset: ipset restore input; "
+        "nft: one atomic nft script",
+    )
     p.add_argument("--node", help="only the pods on this node (default: every pod, one ruleset)")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("matrix", help="truth table: every pod (and --endpoint) to every other, per port",
-                       description="Send a real request and reply through conntrack and the tables for "
-                                   "every (from, to, port); allow iff both pass.",
-                       epilog="example: npemu matrix -f examples/three-tier --port 80 --port 3306/TCP -o csv",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "matrix",
+        help="truth table: every pod (and --endpoint) to every other, per port",
+        description="Send a real request and reply through conntrack and the tables for "
+        "every (from, to, port); allow iff both pass.",
+        epilog="example: npemu matrix -f examples/three-tier --port 80 --port 3306/TCP -o csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _manifest_args(p)
-    p.add_argument("--port", action="append", metavar="PORT[/PROTO]",
-                   help="80/TCP, 53/UDP, 80 (= TCP); repeatable (default 80/TCP)")
-    p.add_argument("--endpoint", action="append", metavar="IP", help="an extra endpoint outside the cluster")
+    p.add_argument(
+        "--port",
+        action="append",
+        metavar="PORT[/PROTO]",
+        help="80/TCP, 53/UDP, 80 (= TCP); repeatable (default 80/TCP)",
+    )
+    p.add_argument(
+        "--endpoint", action="append", metavar="IP", help="an extra endpoint outside the cluster"
+    )
     p.add_argument("-o", "--output", default="table", choices=["table", "json", "csv"])
     p.add_argument("--png", metavar="FILE", help="also draw a heatmap to FILE")
     p.set_defaults(func=cmd_matrix)
 
-    p = sub.add_parser("check", help="one probe, explained: which chain, rule and policy decided",
-                       description="Exit status: 0 allowed, 1 denied, 2 bad input.",
-                       epilog="example: npemu check -f examples/three-tier --from prod/api --to prod/db --port 3306",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "check",
+        help="one probe, explained: which chain, rule and policy decided",
+        description="Exit status: 0 allowed, 1 denied, 2 bad input.",
+        epilog="example: npemu check -f examples/three-tier --from prod/api --to prod/db --port 3306",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _manifest_args(p)
-    p.add_argument("--from", dest="src", required=True, metavar="ENDPOINT", help="namespace/pod or IP")
-    p.add_argument("--to", dest="dst", required=True, metavar="ENDPOINT", help="namespace/pod or IP")
+    p.add_argument(
+        "--from", dest="src", required=True, metavar="ENDPOINT", help="namespace/pod or IP"
+    )
+    p.add_argument(
+        "--to", dest="dst", required=True, metavar="ENDPOINT", help="namespace/pod or IP"
+    )
     p.add_argument("--port", required=True, metavar="PORT[/PROTO]", help="80/TCP, 53/UDP or 80")
     p.add_argument("-o", "--output", default="text", choices=["text", "json"])
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("replay", help="replay a pcap/pcapng capture through conntrack and the tables",
-                       description="Replay a capture on its own timestamps. text: totals, drops by "
-                                   "reason and the top denied flows explained; json: totals and "
-                                   "per-flow rows; jsonl: one object per packet, in capture order.",
-                       epilog="example: npemu replay traffic.pcap -f examples/three-tier --write-dropped drops.pcap",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "replay",
+        help="replay a pcap/pcapng capture through conntrack and the tables",
+        description="Replay a capture on its own timestamps. text: totals, drops by "
+        "reason and the top denied flows explained; json: totals and "
+        "per-flow rows; jsonl: one object per packet, in capture order.",
+        epilog="example: npemu replay traffic.pcap -f examples/three-tier --write-dropped drops.pcap",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("capture", metavar="CAPTURE", help="pcap or pcapng file")
     _manifest_args(p)
     p.add_argument("-o", "--output", default="text", choices=["text", "json", "jsonl"])
@@ -353,22 +441,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-dropped", metavar="FILE", help="write the dropped packets to a pcap")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("generate", help="write a scenario's Scapy-built traffic to a pcap",
-                       description="Scenarios: all-pairs (every pod to every pod on --port), random, "
-                                   "port-scan, syn-flood, three-tier. Deterministic for a --seed.",
-                       epilog="example: npemu generate all-pairs -f examples/three-tier --port 80 -o all.pcap",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=["all-pairs", "random", "port-scan", "syn-flood", "three-tier"])
+    p = sub.add_parser(
+        "generate",
+        help="write a scenario's Scapy-built traffic to a pcap",
+        description="Scenarios: all-pairs (every pod to every pod on --port), random, "
+        "port-scan, syn-flood, three-tier. Deterministic for a --seed.",
+        epilog="example: npemu generate all-pairs -f examples/three-tier --port 80 -o all.pcap",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "scenario", choices=["all-pairs", "random", "port-scan", "syn-flood", "three-tier"]
+    )
     _manifest_args(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE.pcap")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--port", action="append", metavar="PORT[/PROTO]", help="ports to use (default 80/TCP)")
-    p.add_argument("--endpoint", action="append", metavar="IP", help="external endpoints to include")
+    p.add_argument(
+        "--port", action="append", metavar="PORT[/PROTO]", help="ports to use (default 80/TCP)"
+    )
+    p.add_argument(
+        "--endpoint", action="append", metavar="IP", help="external endpoints to include"
+    )
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("demo", help="the bundled three-tier example end to end",
-                       description="Compile summary, matrix and a replay with explained drops, "
-                                   "from the example shipped with the package.")
+    p = sub.add_parser(
+        "demo",
+        help="the bundled three-tier example end to end",
+        description="Compile summary, matrix and a replay with explained drops, "
+        "from the example shipped with the package.",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

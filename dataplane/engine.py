@@ -41,8 +41,10 @@ def ipset_intervals(ipset: IPSet) -> list[tuple[int, int]]:
     if ipset.kind == "hash:ip":
         values = sorted({int(ipaddress.ip_address(e.split("/")[0])) for e in ipset.entries})
         return [(v, v) for v in values]
-    return match_intervals([ipaddress.ip_network(e, strict=False) for e in ipset.entries],
-                           [ipaddress.ip_network(e, strict=False) for e in ipset.nomatch])
+    return match_intervals(
+        [ipaddress.ip_network(e, strict=False) for e in ipset.entries],
+        [ipaddress.ip_network(e, strict=False) for e in ipset.nomatch],
+    )
 
 
 def _keys6(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -158,20 +160,36 @@ class Engine:
         ``ctstate``: one name for all packets, or a uint8 array of CT_CODES per packet.
         """
         n = len(batch)
-        ct = (np.full(n, CT_CODES[ctstate], np.uint8) if isinstance(ctstate, str)
-              else np.asarray(ctstate, dtype=np.uint8))
+        ct = (
+            np.full(n, CT_CODES[ctstate], np.uint8)
+            if isinstance(ctstate, str)
+            else np.asarray(ctstate, dtype=np.uint8)
+        )
         if n == 0:
             return np.zeros(0, dtype=bool)
         fam = batch.family.astype(np.uint64)
-        rows = np.stack([fam, batch.src_hi, batch.src_lo, batch.dst_hi, batch.dst_lo,
-                         batch.proto.astype(np.uint64), batch.dport.astype(np.uint64),
-                         ct.astype(np.uint64)], axis=1)
+        rows = np.stack(
+            [
+                fam,
+                batch.src_hi,
+                batch.src_lo,
+                batch.dst_hi,
+                batch.dst_lo,
+                batch.proto.astype(np.uint64),
+                batch.dport.astype(np.uint64),
+                ct.astype(np.uint64),
+            ],
+            axis=1,
+        )
         uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
         h = _Headers(
             family=uniq[:, 0].astype(np.uint8),
-            src4=uniq[:, 2], dst4=uniq[:, 4],
-            src6=_keys6(uniq[:, 1], uniq[:, 2]), dst6=_keys6(uniq[:, 3], uniq[:, 4]),
-            proto=uniq[:, 5].astype(np.uint8), dport=uniq[:, 6].astype(np.uint16),
+            src4=uniq[:, 2],
+            dst4=uniq[:, 4],
+            src6=_keys6(uniq[:, 1], uniq[:, 2]),
+            dst6=_keys6(uniq[:, 3], uniq[:, 4]),
+            proto=uniq[:, 5].astype(np.uint8),
+            dport=uniq[:, 6].astype(np.uint16),
             ct=uniq[:, 7].astype(np.uint8),
         )
         m = len(uniq)
@@ -181,8 +199,9 @@ class Engine:
         accepted = outcome != _DROP  # fall-through of the entry chain = FORWARD policy ACCEPT
         return accepted[inverse.ravel()]
 
-    def _run(self, chain: str, active: np.ndarray, h: _Headers, mark: np.ndarray,
-             outcome: np.ndarray) -> np.ndarray:
+    def _run(
+        self, chain: str, active: np.ndarray, h: _Headers, mark: np.ndarray, outcome: np.ndarray
+    ) -> np.ndarray:
         """Evaluate ``chain`` for packets ``active``; sets ``outcome`` for ACCEPT/DROP and returns
         the indices that RETURNed (explicitly or by falling off the end)."""
         returned: list[np.ndarray] = []
@@ -197,13 +216,22 @@ class Engine:
             if not hit.any():
                 continue
             matched, active = active[hit], active[~hit]
-            active = np.concatenate([active, self._apply(rule, matched, h, mark, outcome, returned)])
+            active = np.concatenate(
+                [active, self._apply(rule, matched, h, mark, outcome, returned)]
+            )
             active.sort()
         returned.append(active)
         return np.concatenate(returned) if returned else active
 
-    def _apply(self, rule: Rule, matched: np.ndarray, h: _Headers, mark: np.ndarray,
-               outcome: np.ndarray, returned: list[np.ndarray]) -> np.ndarray:
+    def _apply(
+        self,
+        rule: Rule,
+        matched: np.ndarray,
+        h: _Headers,
+        mark: np.ndarray,
+        outcome: np.ndarray,
+        returned: list[np.ndarray],
+    ) -> np.ndarray:
         """Apply a matched rule's target; returns the packets that continue in this chain."""
         if rule.target == "ACCEPT":
             outcome[matched] = _ACCEPT
@@ -221,8 +249,15 @@ class Engine:
             raise ValueError(f"unknown target {rule.target!r}")
         return matched[:0]
 
-    def _run_lookup(self, item: dict, active: np.ndarray, h: _Headers, mark: np.ndarray,
-                    outcome: np.ndarray, returned: list[np.ndarray]) -> np.ndarray:
+    def _run_lookup(
+        self,
+        item: dict,
+        active: np.ndarray,
+        h: _Headers,
+        mark: np.ndarray,
+        outcome: np.ndarray,
+        returned: list[np.ndarray],
+    ) -> np.ndarray:
         rule_of = np.full(len(active), -1, dtype=np.int64)
         for fam, (keys, rule_idx) in item["table"].items():
             if not len(keys):

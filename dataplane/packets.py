@@ -131,14 +131,18 @@ class PacketBatch:
             if name not in COLUMNS:
                 raise KeyError(f"unknown PacketBatch column {name!r}")
             arr = getattr(batch, name)
-            arr[:] = np.asarray(value, dtype=COLUMNS[name])  # direct: a detour via float64 loses address bits
+            arr[:] = np.asarray(
+                value, dtype=COLUMNS[name]
+            )  # direct: a detour via float64 loses address bits
         return batch
 
     @classmethod
     def concat(cls, batches: Sequence[PacketBatch]) -> PacketBatch:
         if not batches:
             return cls.empty(0)
-        return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)})
+        return cls(
+            **{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)}
+        )
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -154,7 +158,9 @@ class PacketBatch:
         return {f.name: getattr(self, f.name)[i].item() for f in fields(self)}
 
 
-def ip_to_pair(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, int, int]:
+def ip_to_pair(
+    address: str | ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> tuple[int, int, int]:
     """``"10.0.0.1"`` -> (4, 0, 0x0a000001); IPv6 -> (6, high 64 bits, low 64 bits)."""
     ip = ipaddress.ip_address(address)
     value = int(ip)

@@ -31,8 +31,10 @@ def parse_port(text: str) -> tuple[int, str]:
     """``80/TCP``, ``53/udp``, ``80`` (TCP) -> (port, protocol). Raises ValueError."""
     m = _PORT_RE.match(text.strip())
     if not m or not 1 <= int(m.group(1)) <= 65535:
-        raise ValueError(f"bad port {text!r}: use PORT or PORT/PROTOCOL with PORT 1-65535 and "
-                         "PROTOCOL TCP, UDP or SCTP (e.g. 80/TCP, 53/UDP)")
+        raise ValueError(
+            f"bad port {text!r}: use PORT or PORT/PROTOCOL with PORT 1-65535 and "
+            "PROTOCOL TCP, UDP or SCTP (e.g. 80/TCP, 53/UDP)"
+        )
     return int(m.group(1)), (m.group(2) or "TCP").upper()
 
 
@@ -63,15 +65,34 @@ class ProbeResult:
     explanation: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
-        return {"from": self.spec.src.label, "to": self.spec.dst.label, "port": self.spec.port,
-                "protocol": self.spec.protocol, "verdict": self.verdict}
+        return {
+            "from": self.spec.src.label,
+            "to": self.spec.dst.label,
+            "port": self.spec.port,
+            "protocol": self.spec.protocol,
+            "verdict": self.verdict,
+        }
 
 
 def _probe_rows(specs: list[ProbeSpec]) -> tuple[PacketBatch, list[int]]:
     """Two rows per probe with a common family: request then reply. Returns the probes' indices."""
-    cols: dict[str, list[int]] = {k: [] for k in (
-        "family", "src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "sport", "dport",
-        "tcp_flags", "sctp_chunk", "seq", "ack")}
+    cols: dict[str, list[int]] = {
+        k: []
+        for k in (
+            "family",
+            "src_hi",
+            "src_lo",
+            "dst_hi",
+            "dst_lo",
+            "proto",
+            "sport",
+            "dport",
+            "tcp_flags",
+            "sctp_chunk",
+            "seq",
+            "ack",
+        )
+    }
     used: list[int] = []
     for i, spec in enumerate(specs):
         addrs = spec.addresses()
@@ -92,7 +113,9 @@ def _probe_rows(specs: list[ProbeSpec]) -> tuple[PacketBatch, list[int]]:
             cols["sport"].append(ports[0])
             cols["dport"].append(ports[1])
             cols["tcp_flags"].append((SYN | ACK if is_reply else SYN) if proto == 6 else 0)
-            cols["sctp_chunk"].append((SCTP_INIT_ACK if is_reply else SCTP_INIT) if proto == 132 else 0)
+            cols["sctp_chunk"].append(
+                (SCTP_INIT_ACK if is_reply else SCTP_INIT) if proto == 132 else 0
+            )
             if proto == 132:
                 # SCTP: an INIT carries verification tag 0 (RFC 9260 8.5.1); the INIT-ACK carries
                 # the initiate tag the INIT announced.
@@ -108,7 +131,12 @@ def _probe_rows(specs: list[ProbeSpec]) -> tuple[PacketBatch, list[int]]:
 
 
 class Prober:
-    def __init__(self, ruleset: Ruleset, inventory: Inventory, conntrack_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ruleset: Ruleset,
+        inventory: Inventory,
+        conntrack_options: dict[str, Any] | None = None,
+    ) -> None:
         self.ruleset = ruleset
         self.inventory = inventory
         self.engine = Engine(ruleset)
@@ -117,7 +145,8 @@ class Prober:
         self._ingress_of, self._egress_of = isolation(inventory, inventory.cluster.policies)
         self._pod_chains = {
             (c.owner, "ingress" if name.startswith("NPEMU-I-") else "egress"): name
-            for name, c in ruleset.chains.items() if name.startswith(("NPEMU-I-", "NPEMU-E-"))
+            for name, c in ruleset.chains.items()
+            if name.startswith(("NPEMU-I-", "NPEMU-E-"))
         }
 
     @property
@@ -137,7 +166,7 @@ class Prober:
         for k, i in enumerate(used):
             pair = batch.take(slice(2 * k, 2 * k + 2))
             ct = Conntrack(**self.conntrack_options)
-            verdicts, states, _ = ct.run(pair, allowed_if_new[2 * k: 2 * k + 2])
+            verdicts, states, _ = ct.run(pair, allowed_if_new[2 * k : 2 * k + 2])
             r = results[i]
             r.request_ok, r.reply_ok = bool(verdicts[0]), bool(verdicts[1])
             r.request_ct = CtState(int(states[0])).name.lower()
@@ -146,8 +175,12 @@ class Prober:
         return results
 
     def matrix(self, endpoints: list[Endpoint], ports: list[tuple[int, str]]) -> list[ProbeResult]:
-        specs = [ProbeSpec(s, d, port, proto) for port, proto in ports
-                 for s in endpoints for d in endpoints]
+        specs = [
+            ProbeSpec(s, d, port, proto)
+            for port, proto in ports
+            for s in endpoints
+            for d in endpoints
+        ]
         return self.run(specs)
 
     # -- explanation ---------------------------------------------------------------------------
@@ -156,7 +189,9 @@ class Prober:
         result = self.run([spec])[0]
         addrs = spec.addresses()
         if addrs is None:
-            result.explanation = {"error": f"{spec.src.label} and {spec.dst.label} share no IP family"}
+            result.explanation = {
+                "error": f"{spec.src.label} and {spec.dst.label} share no IP family"
+            }
             return result
         src_ip, dst_ip = addrs
         request = Packet.make(src_ip, dst_ip, spec.protocol.lower(), spec.port, "NEW")
@@ -167,10 +202,18 @@ class Prober:
         trace = self.walker.walk(request)
         result.explanation = {
             "packets": [
-                {"packet": "request", "ct": result.request_ct, "verdict": "accept" if result.request_ok else "drop",
-                 "decided_by": self._decider(trace)},
-                {"packet": "reply", "ct": result.reply_ct, "verdict": "accept" if result.reply_ok else "drop",
-                 "decided_by": self._decider(self.walker.walk(reply))},
+                {
+                    "packet": "request",
+                    "ct": result.request_ct,
+                    "verdict": "accept" if result.request_ok else "drop",
+                    "decided_by": self._decider(trace),
+                },
+                {
+                    "packet": "reply",
+                    "ct": result.reply_ct,
+                    "verdict": "accept" if result.reply_ok else "drop",
+                    "decided_by": self._decider(self.walker.walk(reply)),
+                },
             ],
             "egress": self._direction("egress", spec.src, request, trace),
             "ingress": self._direction("ingress", spec.dst, request, trace),
@@ -181,39 +224,68 @@ class Prober:
     def _decider(trace: Trace) -> dict[str, Any]:
         if trace.final is None:
             last = trace.steps[-1] if trace.steps else None
-            return {"chain": "FORWARD", "rule": None,
-                    "reason": "fell through the npemu chains (allowed)" if last is None
-                    else f"allowed after {last.chain} rule {last.index}: {last.rule.comment}"}
-        return {"chain": trace.final.chain, "rule": trace.final.index, "reason": trace.final.rule.comment}
+            return {
+                "chain": "FORWARD",
+                "rule": None,
+                "reason": "fell through the npemu chains (allowed)"
+                if last is None
+                else f"allowed after {last.chain} rule {last.index}: {last.rule.comment}",
+            }
+        return {
+            "chain": trace.final.chain,
+            "rule": trace.final.index,
+            "reason": trace.final.rule.comment,
+        }
 
-    def _direction(self, direction: str, endpoint: Endpoint, request: Packet, trace: Trace) -> dict[str, Any]:
+    def _direction(
+        self, direction: str, endpoint: Endpoint, request: Packet, trace: Trace
+    ) -> dict[str, Any]:
         """One direction on its own: isolation, the policies, and the rule that decided."""
         pod = endpoint.pod
         out: dict[str, Any] = {"endpoint": endpoint.label}
         if pod is None or pod.host_network:
-            out.update(isolated=False, verdict="allow",
-                       reason="not a pod: policies do not apply" if pod is None
-                       else "hostNetwork pod: policies never select it")
+            out.update(
+                isolated=False,
+                verdict="allow",
+                reason="not a pod: policies do not apply"
+                if pod is None
+                else "hostNetwork pod: policies never select it",
+            )
             return out
         policies = (self._egress_of if direction == "egress" else self._ingress_of).get(pod.key, [])
         out.update(isolated=bool(policies), policies=[p.key for p in policies])
         exempt = next((s for s in trace.steps if _kind(s) == "node-exemption"), None)
         if exempt:
-            out.update(verdict="allow", reason=exempt.rule.comment, chain=exempt.chain, rule=exempt.index)
+            out.update(
+                verdict="allow", reason=exempt.rule.comment, chain=exempt.chain, rule=exempt.index
+            )
             return out
         chain = self._pod_chains.get((pod.key, direction))
         if not policies or chain is None:
-            out.update(verdict="allow", reason=f"not isolated for {direction}: no policy selecting it "
-                                               f"has {direction.title()} in policyTypes")
+            out.update(
+                verdict="allow",
+                reason=f"not isolated for {direction}: no policy selecting it "
+                f"has {direction.title()} in policyTypes",
+            )
             return out
         steps = self.walker.walk(request, start=chain).steps
-        decided = next((s for s in steps if _kind(s) in ("self", "default-deny")
-                        or (_kind(s) == "policy-rule")), None)
+        decided = next(
+            (
+                s
+                for s in steps
+                if _kind(s) in ("self", "default-deny") or (_kind(s) == "policy-rule")
+            ),
+            None,
+        )
         if decided is None:  # pragma: no cover - per-pod chains always end in DROP
             out.update(verdict="allow", reason="fell through")
             return out
-        out.update(verdict="deny" if _kind(decided) == "default-deny" else "allow",
-                   reason=decided.rule.comment, chain=decided.chain, rule=decided.index)
+        out.update(
+            verdict="deny" if _kind(decided) == "default-deny" else "allow",
+            reason=decided.rule.comment,
+            chain=decided.chain,
+            rule=decided.index,
+        )
         return out
 
 

@@ -81,10 +81,16 @@ class ReplaySummary:
 def flow_row(key: tuple, st: FlowStats) -> dict[str, Any]:
     family, shi, slo, dhi, dlo, proto, sport, dport = key
     return {
-        "src": pair_to_ip(family, shi, slo), "dst": pair_to_ip(family, dhi, dlo),
-        "protocol": PROTO_NAMES.get(proto, str(proto)), "sport": sport, "dport": dport,
-        "packets": st.packets, "allowed": st.allowed, "dropped": st.dropped,
-        "first_index": st.first_index, "reason": st.first_reason,
+        "src": pair_to_ip(family, shi, slo),
+        "dst": pair_to_ip(family, dhi, dlo),
+        "protocol": PROTO_NAMES.get(proto, str(proto)),
+        "sport": sport,
+        "dport": dport,
+        "packets": st.packets,
+        "allowed": st.allowed,
+        "dropped": st.dropped,
+        "first_index": st.first_index,
+        "reason": st.first_reason,
     }
 
 
@@ -108,7 +114,9 @@ class Replayer:
         self._follow_fragments(batch, allowed, reasons)
         return ChunkVerdicts(batch, allowed, ct, reasons)
 
-    def _reasons(self, batch: PacketBatch, allowed: np.ndarray, ct: np.ndarray, ct_reasons: Any) -> list[str]:
+    def _reasons(
+        self, batch: PacketBatch, allowed: np.ndarray, ct: np.ndarray, ct_reasons: Any
+    ) -> list[str]:
         reasons: list[str] = []
         status = batch.status
         for i in range(len(batch)):
@@ -133,8 +141,15 @@ class Replayer:
         return reasons
 
     def _deny_reason(self, batch: PacketBatch, i: int) -> str:
-        key = (int(batch.family[i]), int(batch.src_hi[i]), int(batch.src_lo[i]), int(batch.dst_hi[i]),
-               int(batch.dst_lo[i]), int(batch.proto[i]), int(batch.dport[i]))
+        key = (
+            int(batch.family[i]),
+            int(batch.src_hi[i]),
+            int(batch.src_lo[i]),
+            int(batch.dst_hi[i]),
+            int(batch.dst_lo[i]),
+            int(batch.proto[i]),
+            int(batch.dport[i]),
+        )
         reason = self._deny_reasons.get(key)
         if reason is None:
             if len(self._deny_reasons) >= _MAX_EXPLAINED:
@@ -142,19 +157,33 @@ class Replayer:
             if self._walker is None:
                 self._walker = Walker(self.ruleset)
             fam, shi, slo, dhi, dlo, proto, dport = key
-            pkt = Packet(fam, (shi << 64) | slo if fam == 6 else slo, (dhi << 64) | dlo if fam == 6 else dlo,
-                         proto, dport, "NEW")
+            pkt = Packet(
+                fam,
+                (shi << 64) | slo if fam == 6 else slo,
+                (dhi << 64) | dlo if fam == 6 else dlo,
+                proto,
+                dport,
+                "NEW",
+            )
             trace = self._walker.walk(pkt)
             reason = trace.final.rule.comment if trace.final else "denied by policy"
             self._deny_reasons[key] = reason
         return reason
 
-    def _follow_fragments(self, batch: PacketBatch, allowed: np.ndarray, reasons: list[str]) -> None:
+    def _follow_fragments(
+        self, batch: PacketBatch, allowed: np.ndarray, reasons: list[str]
+    ) -> None:
         firsts = (batch.status == OK) & batch.frag_more & (batch.frag_offset == 0)
         rows = np.flatnonzero(firsts | (batch.status == FRAGMENT))
         for i in rows:
-            key = (int(batch.family[i]), int(batch.src_hi[i]), int(batch.src_lo[i]), int(batch.dst_hi[i]),
-                   int(batch.dst_lo[i]), int(batch.frag_id[i]))
+            key = (
+                int(batch.family[i]),
+                int(batch.src_hi[i]),
+                int(batch.src_lo[i]),
+                int(batch.dst_hi[i]),
+                int(batch.dst_lo[i]),
+                int(batch.frag_id[i]),
+            )
             if batch.status[i] == OK:
                 self._fragments[key] = bool(allowed[i])
                 if len(self._fragments) > 65536:  # the kernel's reassembly queue is bounded too
@@ -162,19 +191,26 @@ class Replayer:
                 continue
             verdict = self._fragments.get(key)
             allowed[i] = bool(verdict)
-            reasons[i] = ("fragment: follows its datagram" if verdict is not None
-                          else "fragment: first fragment not seen")
+            reasons[i] = (
+                "fragment: follows its datagram"
+                if verdict is not None
+                else "fragment: first fragment not seen"
+            )
 
 
 def flow_keys(batch: PacketBatch) -> np.ndarray:
     """Direction-independent flow key rows (the first packet's direction is kept per flow)."""
     a = np.stack([batch.src_hi, batch.src_lo, batch.sport.astype(np.uint64)], axis=1)
     b = np.stack([batch.dst_hi, batch.dst_lo, batch.dport.astype(np.uint64)], axis=1)
-    a_first = (a[:, 0] < b[:, 0]) | ((a[:, 0] == b[:, 0]) & ((a[:, 1] < b[:, 1]) | ((a[:, 1] == b[:, 1]) & (a[:, 2] <= b[:, 2]))))
+    a_first = (a[:, 0] < b[:, 0]) | (
+        (a[:, 0] == b[:, 0]) & ((a[:, 1] < b[:, 1]) | ((a[:, 1] == b[:, 1]) & (a[:, 2] <= b[:, 2])))
+    )
     lo = np.where(a_first[:, None], a, b)
     hi = np.where(a_first[:, None], b, a)
-    return np.concatenate([batch.family.astype(np.uint64)[:, None], lo, hi,
-                           batch.proto.astype(np.uint64)[:, None]], axis=1)
+    return np.concatenate(
+        [batch.family.astype(np.uint64)[:, None], lo, hi, batch.proto.astype(np.uint64)[:, None]],
+        axis=1,
+    )
 
 
 def accumulate(summary: ReplaySummary, v: ChunkVerdicts) -> None:
@@ -194,24 +230,39 @@ def accumulate(summary: ReplaySummary, v: ChunkVerdicts) -> None:
     uniq, first, inverse = np.unique(keys[idx], axis=0, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     counts = np.bincount(inverse, minlength=len(uniq))
-    allowed_counts = np.bincount(inverse, weights=v.allowed[idx], minlength=len(uniq)).astype(np.int64)
+    allowed_counts = np.bincount(inverse, weights=v.allowed[idx], minlength=len(uniq)).astype(
+        np.int64
+    )
     b = v.batch
     for u in range(len(uniq)):
         row = idx[first[u]]
         canon = tuple(int(x) for x in uniq[u])
         st = summary.flows.get(canon)
         if st is None:
-            key = (int(b.family[row]), int(b.src_hi[row]), int(b.src_lo[row]), int(b.dst_hi[row]),
-                   int(b.dst_lo[row]), int(b.proto[row]), int(b.sport[row]), int(b.dport[row]))
-            st = FlowStats(int(b.index[row]), float(b.ts[row]), first_reason=v.reasons[row], key=key)
+            key = (
+                int(b.family[row]),
+                int(b.src_hi[row]),
+                int(b.src_lo[row]),
+                int(b.dst_hi[row]),
+                int(b.dst_lo[row]),
+                int(b.proto[row]),
+                int(b.sport[row]),
+                int(b.dport[row]),
+            )
+            st = FlowStats(
+                int(b.index[row]), float(b.ts[row]), first_reason=v.reasons[row], key=key
+            )
             summary.flows[canon] = st
         st.packets += int(counts[u])
         st.allowed += int(allowed_counts[u])
         st.dropped += int(counts[u] - allowed_counts[u])
 
 
-def replay(chunks: Iterable[PacketBatch], replayer: Replayer,
-           on_chunk: Callable[[ChunkVerdicts], None] | None = None) -> ReplaySummary:
+def replay(
+    chunks: Iterable[PacketBatch],
+    replayer: Replayer,
+    on_chunk: Callable[[ChunkVerdicts], None] | None = None,
+) -> ReplaySummary:
     summary = ReplaySummary()
     for batch in chunks:
         v = replayer.decide(batch)
@@ -230,10 +281,14 @@ def packet_rows(v: ChunkVerdicts) -> Iterator[dict[str, Any]]:
         fam = int(b.family[i])
         proto = int(b.proto[i])
         yield {
-            "index": int(b.index[i]), "ts": float(b.ts[i]),
-            "src": pair_to_ip(fam, b.src_hi[i], b.src_lo[i]), "dst": pair_to_ip(fam, b.dst_hi[i], b.dst_lo[i]),
+            "index": int(b.index[i]),
+            "ts": float(b.ts[i]),
+            "src": pair_to_ip(fam, b.src_hi[i], b.src_lo[i]),
+            "dst": pair_to_ip(fam, b.dst_hi[i], b.dst_lo[i]),
             "protocol": PROTO_NAMES.get(proto, str(proto)) if fam else "",
-            "sport": int(b.sport[i]), "dport": int(b.dport[i]),
-            "verdict": "allow" if v.allowed[i] else "drop", "ct": CT_LABELS.get(int(v.ct[i]), "untracked"),
+            "sport": int(b.sport[i]),
+            "dport": int(b.dport[i]),
+            "verdict": "allow" if v.allowed[i] else "drop",
+            "ct": CT_LABELS.get(int(v.ct[i]), "untracked"),
             "reason": v.reasons[i],
         }

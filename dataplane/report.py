@@ -21,7 +21,9 @@ def matrix_json(results: Sequence[ProbeResult]) -> str:
 
 def matrix_csv(results: Sequence[ProbeResult]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=["from", "to", "port", "protocol", "verdict"], lineterminator="\n")
+    writer = csv.DictWriter(
+        out, fieldnames=["from", "to", "port", "protocol", "verdict"], lineterminator="\n"
+    )
     writer.writeheader()
     for r in results:
         writer.writerow(r.row())
@@ -44,11 +46,16 @@ def matrix_table(results: Sequence[ProbeResult], colour: bool = False) -> str:
         cells = {(r.spec.src.label, r.spec.dst.label): r.verdict for r in rows}
         width = max(len(label) for label in labels)
         denied = sum(r.verdict == "deny" for r in rows)
-        lines.append(f"port {port}/{proto}: {len(rows) - denied} allowed, {denied} denied "
-                     f"(rows: from, columns: to; . allow, X deny)")
+        lines.append(
+            f"port {port}/{proto}: {len(rows) - denied} allowed, {denied} denied "
+            f"(rows: from, columns: to; . allow, X deny)"
+        )
         groups = [list(members) for _, members in groupby(labels, key=_namespace)]
         # every cell is 3 wide; one extra space separates namespaces
-        lines.append(" " * (width + 5) + " ".join("".join(f"{index[m] % 100:>2} " for m in g) for g in groups).rstrip())
+        lines.append(
+            " " * (width + 5)
+            + " ".join("".join(f"{index[m] % 100:>2} " for m in g) for g in groups).rstrip()
+        )
         for g_src in groups:
             for src in g_src:
                 cells_text = []
@@ -58,7 +65,11 @@ def matrix_table(results: Sequence[ProbeResult], colour: bool = False) -> str:
                         verdict = cells.get((src, dst), "n/a")
                         mark = CELL[verdict]
                         if colour:
-                            mark = (RED if verdict == "deny" else GREEN if verdict == "allow" else DIM) + mark + RESET
+                            mark = (
+                                (RED if verdict == "deny" else GREEN if verdict == "allow" else DIM)
+                                + mark
+                                + RESET
+                            )
                         part += f" {mark} "
                     cells_text.append(part)
                 lines.append(f"{index[src]:>3} {src:<{width}} " + " ".join(cells_text).rstrip())
@@ -75,7 +86,9 @@ def matrix_png(results: Sequence[ProbeResult], path: str) -> None:
     import numpy as np
     from matplotlib.colors import ListedColormap
 
-    groups = [(key, list(g)) for key, g in groupby(results, key=lambda r: (r.spec.port, r.spec.protocol))]
+    groups = [
+        (key, list(g)) for key, g in groupby(results, key=lambda r: (r.spec.port, r.spec.protocol))
+    ]
     n_ports = max(len(groups), 1)
     labels0 = list(dict.fromkeys(r.spec.src.label for r in groups[0][1])) if groups else []
     size = max(6.0, 0.22 * len(labels0) + 3)
@@ -86,7 +99,9 @@ def matrix_png(results: Sequence[ProbeResult], path: str) -> None:
         pos = {label: i for i, label in enumerate(labels)}
         grid = np.full((len(labels), len(labels)), 2)
         for r in rows:
-            grid[pos[r.spec.src.label], pos[r.spec.dst.label]] = {"deny": 0, "allow": 1}.get(r.verdict, 2)
+            grid[pos[r.spec.src.label], pos[r.spec.dst.label]] = {"deny": 0, "allow": 1}.get(
+                r.verdict, 2
+            )
         ax.imshow(grid, cmap=cmap, vmin=0, vmax=2)
         fontsize = max(4, min(10, int(500 / max(len(labels), 1))))
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=fontsize)
@@ -101,7 +116,9 @@ def matrix_png(results: Sequence[ProbeResult], path: str) -> None:
 
 def check_text(result: ProbeResult) -> str:
     spec, exp = result.spec, result.explanation
-    lines = [f"{spec.src.label} -> {spec.dst.label} {spec.port}/{spec.protocol}: {result.verdict.upper()}"]
+    lines = [
+        f"{spec.src.label} -> {spec.dst.label} {spec.port}/{spec.protocol}: {result.verdict.upper()}"
+    ]
     if "error" in exp:
         return lines[0] + f"\n  {exp['error']}\n"
     for direction in ("egress", "ingress"):
@@ -114,8 +131,12 @@ def check_text(result: ProbeResult) -> str:
         lines.append(f"           {d.get('reason', '')}{where}")
     for pkt in exp.get("packets", []):
         dec = pkt["decided_by"]
-        where = f"{dec['chain']} rule {dec['rule']}" if dec.get("rule") is not None else dec["chain"]
-        lines.append(f"  {pkt['packet']:<8} ct={pkt['ct']:<11} {pkt['verdict']:<6} {where}: {dec['reason']}")
+        where = (
+            f"{dec['chain']} rule {dec['rule']}" if dec.get("rule") is not None else dec["chain"]
+        )
+        lines.append(
+            f"  {pkt['packet']:<8} ct={pkt['ct']:<11} {pkt['verdict']:<6} {where}: {dec['reason']}"
+        )
     return "\n".join(lines) + "\n"
 
 

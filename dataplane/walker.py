@@ -44,7 +44,9 @@ class Packet:
     ctstate: str = "NEW"
 
     @classmethod
-    def make(cls, src: str, dst: str, proto: int | str, dport: int = 0, ctstate: str = "NEW") -> Packet:
+    def make(
+        cls, src: str, dst: str, proto: int | str, dport: int = 0, ctstate: str = "NEW"
+    ) -> Packet:
         s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         if s.version != d.version:
             raise ValueError(f"{src} and {dst} are of different IP families")
@@ -80,11 +82,15 @@ class SetLookup:
             self.members = {int(ipaddress.ip_address(e.split("/")[0])) for e in ipset.entries}
         else:
             self.prefixes: dict[int, dict[int, bool]] = {}
-            for entry, nomatch in [(e, False) for e in ipset.entries] + [(e, True) for e in ipset.nomatch]:
+            for entry, nomatch in [(e, False) for e in ipset.entries] + [
+                (e, True) for e in ipset.nomatch
+            ]:
                 net = ipaddress.ip_network(entry, strict=False)
                 # an entry given both ways: nomatch wins, as a later `add ... nomatch` would
                 self.prefixes.setdefault(net.prefixlen, {})[int(net.network_address)] = (
-                    nomatch or self.prefixes.get(net.prefixlen, {}).get(int(net.network_address), False))
+                    nomatch
+                    or self.prefixes.get(net.prefixlen, {}).get(int(net.network_address), False)
+                )
             self.lengths = sorted(self.prefixes, reverse=True)
 
     def contains(self, family: int, address: int) -> bool:

@@ -22,7 +22,18 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_matrix_json_has_the_contracted_shape(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "matrix", "-f", THREE_TIER, "--port", "3306", "--endpoint", "192.168.5.10", "-o", "json")
+    code, out, _ = run(
+        capsys,
+        "matrix",
+        "-f",
+        THREE_TIER,
+        "--port",
+        "3306",
+        "--endpoint",
+        "192.168.5.10",
+        "-o",
+        "json",
+    )
     assert code == 0
     results = json.loads(out)["results"]
     cells = {(r["from"], r["to"], r["port"], r["protocol"]): r["verdict"] for r in results}
@@ -44,34 +55,64 @@ def test_matrix_csv_and_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_check_explains_and_sets_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "check", "-f", THREE_TIER, "--from", "prod/api", "--to", "prod/db", "--port", "3306")
+    code, out, _ = run(
+        capsys, "check", "-f", THREE_TIER, "--from", "prod/api", "--to", "prod/db", "--port", "3306"
+    )
     assert code == 0
     assert "prod/db ingress[0] from[0] ports[0]" in out and "ct=established" in out
-    code, out, _ = run(capsys, "check", "-f", THREE_TIER, "--from", "prod/web", "--to", "prod/db",
-                       "--port", "3306", "-o", "json")
+    code, out, _ = run(
+        capsys,
+        "check",
+        "-f",
+        THREE_TIER,
+        "--from",
+        "prod/web",
+        "--to",
+        "prod/db",
+        "--port",
+        "3306",
+        "-o",
+        "json",
+    )
     assert code == 1
     data = json.loads(out)
     assert data["verdict"] == "deny"
-    assert data["egress"]["verdict"] == "deny" and data["egress"]["reason"] == "no egress rule allows (prod/web)"
+    assert (
+        data["egress"]["verdict"] == "deny"
+        and data["egress"]["reason"] == "no egress rule allows (prod/web)"
+    )
     assert data["ingress"]["verdict"] == "deny" and data["ingress"]["policies"] == ["prod/db"]
     assert [p["ct"] for p in data["packets"]] == ["new", "invalid"]
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["check", "--from", "prod/nope", "--to", "prod/db", "--port", "80"], "unknown pod 'prod/nope'"),
-    (["check", "--from", "prod/web", "--to", "prod/db", "--port", "80/ICMP"], "bad port '80/ICMP'"),
-    (["check", "--from", "prod/web", "--to", "prod/db", "--port", "70000"], "bad port '70000'"),
-    (["matrix", "--endpoint", "not-an-ip"], "neither namespace/pod nor an IP address"),
-    (["compile", "--node", "node-9"], "unknown node 'node-9'"),
-])
-def test_bad_input_is_one_clear_line_and_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["check", "--from", "prod/nope", "--to", "prod/db", "--port", "80"],
+            "unknown pod 'prod/nope'",
+        ),
+        (
+            ["check", "--from", "prod/web", "--to", "prod/db", "--port", "80/ICMP"],
+            "bad port '80/ICMP'",
+        ),
+        (["check", "--from", "prod/web", "--to", "prod/db", "--port", "70000"], "bad port '70000'"),
+        (["matrix", "--endpoint", "not-an-ip"], "neither namespace/pod nor an IP address"),
+        (["compile", "--node", "node-9"], "unknown node 'node-9'"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     code, _, err = run(capsys, *argv[:1], "-f", THREE_TIER, *argv[1:])
     assert code == 2
     assert message in err and "Traceback" not in err
     assert err.count("\n") == 1
 
 
-def test_invalid_manifest_reports_field_path_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_manifest_reports_field_path_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("""apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -98,17 +139,25 @@ def test_compile_outputs(capsys: pytest.CaptureFixture[str], fmt: str) -> None:
         assert "-j NPEMU-FORWARD" in out
 
 
-def test_compile_reads_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_reads_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import io
 
-    text = (Path(THREE_TIER) / "cluster.yaml").read_text() + "---\n" + (Path(THREE_TIER) / "policies.yaml").read_text()
+    text = (
+        (Path(THREE_TIER) / "cluster.yaml").read_text()
+        + "---\n"
+        + (Path(THREE_TIER) / "policies.yaml").read_text()
+    )
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))
     code, out, _ = run(capsys, "compile", "-f", "-", "-o", "json")
     assert code == 0 and len(json.loads(out)["chains"]) > 3
 
 
 def test_console_script_help_teaches() -> None:
-    proc = subprocess.run([sys.executable, "-m", "dataplane.cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0
     for word in ("compile", "matrix", "check", "replay", "generate", "demo", "examples:"):
         assert word in proc.stdout

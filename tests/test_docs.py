@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 BLOCK = re.compile(r"```console\n(.*?)```", re.S)
 
 
@@ -37,8 +37,14 @@ def _run(command: str) -> str:
     argv = shlex.split(command)
     if argv[0] == "npemu":
         argv = [sys.executable, "-m", "dataplane.cli", *argv[1:]]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"})
+    proc = subprocess.run(
+        argv,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"},
+    )
     return (proc.stdout + proc.stderr).rstrip("\n")
 
 
@@ -47,14 +53,19 @@ def _matches(expected: list[str], actual: list[str]) -> bool:
         return not actual
     if expected[0] == "...":
         return any(_matches(expected[1:], actual[i:]) for i in range(len(actual) + 1))
-    return bool(actual) and expected[0].rstrip() == actual[0].rstrip() and _matches(expected[1:], actual[1:])
+    return (
+        bool(actual)
+        and expected[0].rstrip() == actual[0].rstrip()
+        and _matches(expected[1:], actual[1:])
+    )
 
 
 CASES = [(doc, cmd, exp) for doc in DOCS for cmd, exp in _commands(doc.read_text())]
 
 
-@pytest.mark.parametrize(("doc", "command", "expected"), CASES,
-                         ids=[f"{d.name}:{c[:60]}" for d, c, _ in CASES])
+@pytest.mark.parametrize(
+    ("doc", "command", "expected"), CASES, ids=[f"{d.name}:{c[:60]}" for d, c, _ in CASES]
+)
 def test_documented_command_output(doc: Path, command: str, expected: list[str]) -> None:
     actual = _run(command).splitlines()
     while expected and not expected[-1].strip():

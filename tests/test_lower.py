@@ -29,30 +29,65 @@ def sel(**labels: str) -> LabelSelector:
 
 def small_cluster(*policies: NetworkPolicy) -> Cluster:
     pods = (
-        Pod("prod", "web", labels_of({"app": "web"}), "n1", ips=("10.0.1.1", "fd00::1:1"),
-            ports=(ContainerPort(8080, "TCP", "http"),)),
-        Pod("prod", "db", labels_of({"app": "db"}), "n2", ips=("10.0.2.1",),
-            ports=(ContainerPort(5432, "TCP", "pg"),)),
-        Pod("dev", "web", labels_of({"app": "web"}), "n2", ips=("10.0.2.2",),
-            ports=(ContainerPort(9090, "TCP", "http"),)),
-        Pod("kube-system", "agent", labels_of({"app": "agent"}), "n1", host_network=True, ips=("192.168.0.1",)),
+        Pod(
+            "prod",
+            "web",
+            labels_of({"app": "web"}),
+            "n1",
+            ips=("10.0.1.1", "fd00::1:1"),
+            ports=(ContainerPort(8080, "TCP", "http"),),
+        ),
+        Pod(
+            "prod",
+            "db",
+            labels_of({"app": "db"}),
+            "n2",
+            ips=("10.0.2.1",),
+            ports=(ContainerPort(5432, "TCP", "pg"),),
+        ),
+        Pod(
+            "dev",
+            "web",
+            labels_of({"app": "web"}),
+            "n2",
+            ips=("10.0.2.2",),
+            ports=(ContainerPort(9090, "TCP", "http"),),
+        ),
+        Pod(
+            "kube-system",
+            "agent",
+            labels_of({"app": "agent"}),
+            "n1",
+            host_network=True,
+            ips=("192.168.0.1",),
+        ),
     )
-    nodes = (Node("n1", addresses=("192.168.0.1", "fd00:ff::1")), Node("n2", addresses=("192.168.0.2",)))
-    return Cluster((Namespace("prod", labels_of({"env": "prod"})), Namespace("dev")), pods, nodes, policies)
+    nodes = (
+        Node("n1", addresses=("192.168.0.1", "fd00:ff::1")),
+        Node("n2", addresses=("192.168.0.2",)),
+    )
+    return Cluster(
+        (Namespace("prod", labels_of({"env": "prod"})), Namespace("dev")), pods, nodes, policies
+    )
 
 
 def verdict(rs, src: str, dst: str, port: int = 80, proto: str = "tcp") -> str:
     return Walker(rs).walk(Packet.make(src, dst, proto, port)).verdict
 
 
-DENY_ALL_PROD = NetworkPolicy("prod", "deny-all", LabelSelector(), policy_types=("Ingress", "Egress"))
+DENY_ALL_PROD = NetworkPolicy(
+    "prod", "deny-all", LabelSelector(), policy_types=("Ingress", "Egress")
+)
 
 
 def test_dispatch_starts_with_conntrack_and_names_fit_kernel_limits() -> None:
     rs = lower(small_cluster(DENY_ALL_PROD))
     entry = rs.chains[ENTRY_CHAIN].rules
     assert entry[0].matches == (CtStateMatch(("INVALID",)),) and entry[0].target == "DROP"
-    assert entry[1].target == "ACCEPT" and set(entry[1].matches[0].states) == {"ESTABLISHED", "RELATED"}
+    assert entry[1].target == "ACCEPT" and set(entry[1].matches[0].states) == {
+        "ESTABLISHED",
+        "RELATED",
+    }
     assert all(len(name) <= MAX_CHAIN_NAME for name in rs.chains)
     assert all(len(name) <= MAX_SET_NAME for name in rs.sets)
     # every per-pod chain ends in DROP; policy chains only MARK
@@ -84,8 +119,10 @@ def test_node_exemption_is_per_node_and_both_ways() -> None:
 
 
 def test_named_port_resolves_per_destination_pod() -> None:
-    egress = PolicyRule(peers=(Peer(namespace_selector=LabelSelector(), pod_selector=sel(app="web")),),
-                        ports=(PolicyPort("TCP", "http"),))
+    egress = PolicyRule(
+        peers=(Peer(namespace_selector=LabelSelector(), pod_selector=sel(app="web")),),
+        ports=(PolicyPort("TCP", "http"),),
+    )
     pol = NetworkPolicy("prod", "db-out", sel(app="db"), egress=(egress,), policy_types=("Egress",))
     rs = lower(small_cluster(pol))
     assert verdict(rs, "10.0.2.1", "10.0.1.1", 8080) == "ACCEPT"  # prod/web's http
@@ -95,7 +132,9 @@ def test_named_port_resolves_per_destination_pod() -> None:
 
 
 def test_named_port_never_matches_a_non_pod_destination() -> None:
-    egress = PolicyRule(peers=(Peer(ip_block=IPBlock("0.0.0.0/0")),), ports=(PolicyPort("TCP", "http"),))
+    egress = PolicyRule(
+        peers=(Peer(ip_block=IPBlock("0.0.0.0/0")),), ports=(PolicyPort("TCP", "http"),)
+    )
     pol = NetworkPolicy("prod", "db-out", sel(app="db"), egress=(egress,), policy_types=("Egress",))
     rs = lower(small_cluster(pol))
     assert verdict(rs, "10.0.2.1", "10.0.1.1", 8080) == "ACCEPT"
@@ -111,12 +150,22 @@ def test_node_scope_limits_dispatch_to_that_nodes_pods() -> None:
 
 
 def test_every_policy_rule_carries_provenance() -> None:
-    rule = PolicyRule(peers=(Peer(pod_selector=sel(app="web")), Peer(ip_block=IPBlock("10.9.0.0/16", ("10.9.1.0/24",)))),
-                      ports=(PolicyPort("TCP", 5432), PolicyPort("UDP", 53, 60)))
+    rule = PolicyRule(
+        peers=(
+            Peer(pod_selector=sel(app="web")),
+            Peer(ip_block=IPBlock("10.9.0.0/16", ("10.9.1.0/24",))),
+        ),
+        ports=(PolicyPort("TCP", 5432), PolicyPort("UDP", 53, 60)),
+    )
     pol = NetworkPolicy("prod", "db-in", sel(app="db"), ingress=(rule,))
     rs = lower(small_cluster(pol))
     lines = [r for c in rs.chains.values() if c.name.startswith("NPEMU-PI-") for r in c.rules]
-    assert {(r.provenance.peer, r.provenance.port) for r in lines} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert {(r.provenance.peer, r.provenance.port) for r in lines} == {
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    }
     assert all(r.provenance.policy == "prod/db-in" and r.provenance.rule == 0 for r in lines)
     assert "prod/db-in ingress[0] from[1] ports[1]" in {r.comment for r in lines}
 
@@ -140,11 +189,24 @@ def test_selector_resolution_uses_the_label_index(monkeypatch) -> None:
         return real(selector, labels)
 
     monkeypatch.setattr(inventory_module, "selector_matches", counting)
-    pods = tuple(Pod(f"ns{i % 50}", f"p{i}", labels_of({"app": f"a{i % 100}"}), ips=(f"10.{i // 250}.{i % 250}.1",))
-                 for i in range(5000))
-    policies = tuple(NetworkPolicy(f"ns{j % 50}", f"pol{j}", sel(app=f"a{j % 100}"),
-                                   ingress=(PolicyRule(peers=(Peer(pod_selector=sel(app=f"a{(j + 1) % 100}")),)),))
-                     for j in range(500))
+    pods = tuple(
+        Pod(
+            f"ns{i % 50}",
+            f"p{i}",
+            labels_of({"app": f"a{i % 100}"}),
+            ips=(f"10.{i // 250}.{i % 250}.1",),
+        )
+        for i in range(5000)
+    )
+    policies = tuple(
+        NetworkPolicy(
+            f"ns{j % 50}",
+            f"pol{j}",
+            sel(app=f"a{j % 100}"),
+            ingress=(PolicyRule(peers=(Peer(pod_selector=sel(app=f"a{(j + 1) % 100}")),)),),
+        )
+        for j in range(500)
+    )
     lower(Cluster(pods=pods, policies=policies))
     # a pods x policies scan would be 2.5 million checks; the index narrows to the label hits
     assert calls < 50_000
