@@ -103,10 +103,26 @@ class _Headers:
     ct: np.ndarray
 
 
+@dataclass
+class _State:
+    """Per-evaluation arrays over the distinct headers."""
+
+    mark: np.ndarray  # uint64 packet mark
+    outcome: np.ndarray  # uint8 _CONTINUE/_ACCEPT/_DROP
+    decider: np.ndarray  # int64 index into Engine.rules of the ACCEPT/DROP rule, -1 = none
+
+
 class Engine:
     def __init__(self, ruleset: Ruleset) -> None:
         self.ruleset = ruleset
         self.sets = {name: _CompiledSet.build(s) for name, s in ruleset.sets.items()}
+        # (chain, index, rule) for every rule; evaluate_explained() reports positions in this list
+        self.rules: list[tuple[str, int, Rule]] = [
+            (name, i, rule)
+            for name, chain in ruleset.chains.items()
+            for i, rule in enumerate(chain.rules)
+        ]
+        self._rule_id = {id(rule): k for k, (_, _, rule) in enumerate(self.rules)}
         self._plans = {name: self._plan(chain.rules) for name, chain in ruleset.chains.items()}
 
     # -- compile -------------------------------------------------------------------------------
@@ -159,6 +175,13 @@ class Engine:
 
         ``ctstate``: one name for all packets, or a uint8 array of CT_CODES per packet.
         """
+        return self.evaluate_explained(batch, ctstate)[0]
+
+    def evaluate_explained(
+        self, batch: PacketBatch, ctstate: np.ndarray | str = "NEW"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(accepted, decider): decider is the index in ``self.rules`` of the ACCEPT or DROP rule
+        that ended each packet's walk, or -1 when it fell through to FORWARD's policy."""
         n = len(batch)
         ct = (
             np.full(n, CT_CODES[ctstate], np.uint8)
@@ -166,7 +189,7 @@ class Engine:
             else np.asarray(ctstate, dtype=np.uint8)
         )
         if n == 0:
-            return np.zeros(0, dtype=bool)
+            return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
         fam = batch.family.astype(np.uint64)
         rows = np.stack(
             [
@@ -193,15 +216,17 @@ class Engine:
             ct=uniq[:, 7].astype(np.uint8),
         )
         m = len(uniq)
-        outcome = np.full(m, _CONTINUE, dtype=np.uint8)
-        mark = np.zeros(m, dtype=np.uint64)
-        self._run(self.ruleset.entry, np.arange(m), h, mark, outcome)
-        accepted = outcome != _DROP  # fall-through of the entry chain = FORWARD policy ACCEPT
-        return accepted[inverse.ravel()]
+        st = _State(
+            mark=np.zeros(m, dtype=np.uint64),
+            outcome=np.full(m, _CONTINUE, dtype=np.uint8),
+            decider=np.full(m, -1, dtype=np.int64),
+        )
+        self._run(self.ruleset.entry, np.arange(m), h, st)
+        accepted = st.outcome != _DROP  # fall-through of the entry chain = FORWARD policy ACCEPT
+        inverse = inverse.ravel()
+        return accepted[inverse], st.decider[inverse]
 
-    def _run(
-        self, chain: str, active: np.ndarray, h: _Headers, mark: np.ndarray, outcome: np.ndarray
-    ) -> np.ndarray:
+    def _run(self, chain: str, active: np.ndarray, h: _Headers, st: _State) -> np.ndarray:
         """Evaluate ``chain`` for packets ``active``; sets ``outcome`` for ACCEPT/DROP and returns
         the indices that RETURNed (explicitly or by falling off the end)."""
         returned: list[np.ndarray] = []
@@ -209,16 +234,14 @@ class Engine:
             if not len(active):
                 break
             if kind == "lookup":
-                active = self._run_lookup(item, active, h, mark, outcome, returned)  # type: ignore[arg-type]
+                active = self._run_lookup(item, active, h, st, returned)  # type: ignore[arg-type]
                 continue
             rule: Rule = item  # type: ignore[assignment]
-            hit = self._match(rule, active, h, mark)
+            hit = self._match(rule, active, h, st.mark)
             if not hit.any():
                 continue
             matched, active = active[hit], active[~hit]
-            active = np.concatenate(
-                [active, self._apply(rule, matched, h, mark, outcome, returned)]
-            )
+            active = np.concatenate([active, self._apply(rule, matched, h, st, returned)])
             active.sort()
         returned.append(active)
         return np.concatenate(returned) if returned else active
@@ -228,23 +251,21 @@ class Engine:
         rule: Rule,
         matched: np.ndarray,
         h: _Headers,
-        mark: np.ndarray,
-        outcome: np.ndarray,
+        st: _State,
         returned: list[np.ndarray],
     ) -> np.ndarray:
         """Apply a matched rule's target; returns the packets that continue in this chain."""
-        if rule.target == "ACCEPT":
-            outcome[matched] = _ACCEPT
-        elif rule.target == "DROP":
-            outcome[matched] = _DROP
+        if rule.target in ("ACCEPT", "DROP"):
+            st.outcome[matched] = _ACCEPT if rule.target == "ACCEPT" else _DROP
+            st.decider[matched] = self._rule_id[id(rule)]
         elif rule.target == "RETURN":
             returned.append(matched)
         elif rule.target == "MARK":
             value, mask = rule.mark or (0, 0)
-            mark[matched] = (mark[matched] & np.uint64(~mask & 0xFFFFFFFF)) ^ np.uint64(value)
+            st.mark[matched] = (st.mark[matched] & np.uint64(~mask & 0xFFFFFFFF)) ^ np.uint64(value)
             return matched
         elif rule.target == "JUMP":
-            return self._run(rule.jump or "", matched, h, mark, outcome)
+            return self._run(rule.jump or "", matched, h, st)
         else:
             raise ValueError(f"unknown target {rule.target!r}")
         return matched[:0]
@@ -254,8 +275,7 @@ class Engine:
         item: dict,
         active: np.ndarray,
         h: _Headers,
-        mark: np.ndarray,
-        outcome: np.ndarray,
+        st: _State,
         returned: list[np.ndarray],
     ) -> np.ndarray:
         rule_of = np.full(len(active), -1, dtype=np.int64)
@@ -279,9 +299,9 @@ class Engine:
         for ri in np.unique(rule_of[rule_of >= 0]):
             rule = item["rules"][ri]
             group = active[rule_of == ri]
-            rest = self._match(rule, group, h, mark)  # family/ct/other matches of the rule
+            rest = self._match(rule, group, h, st.mark)  # family/ct/other matches of the rule
             keep.append(group[~rest])
-            keep.append(self._apply(rule, group[rest], h, mark, outcome, returned))
+            keep.append(self._apply(rule, group[rest], h, st, returned))
         out = np.concatenate(keep)
         out.sort()
         return out

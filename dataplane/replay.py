@@ -25,10 +25,8 @@ from compiler.tables import Ruleset
 from .conntrack import Conntrack, CtState
 from .engine import Engine
 from .packets import FRAGMENT, MALFORMED, NOT_IP, OK, PROTO_NAMES, PacketBatch, pair_to_ip
-from .walker import Packet, Walker
 
 CT_LABELS = {int(s): s.name.lower() for s in CtState}
-_MAX_EXPLAINED = 100_000  # distinct denied headers explained by the walker; beyond: generic reason
 
 
 @dataclass
@@ -49,7 +47,7 @@ class ChunkVerdicts:
     batch: PacketBatch
     allowed: np.ndarray  # bool
     ct: np.ndarray  # uint8 CtState
-    reasons: list[str]
+    reasons: np.ndarray  # object array of str
 
 
 @dataclass
@@ -101,74 +99,45 @@ class Replayer:
         self.ruleset = ruleset
         self.engine = Engine(ruleset)
         self.conntrack = conntrack if conntrack is not None else Conntrack()
-        self._walker: Walker | None = None
         self._fragments: dict[tuple, bool] = {}
-        self._deny_reasons: dict[tuple, str] = {}
 
     def decide(self, batch: PacketBatch) -> ChunkVerdicts:
-        allowed_if_new = self.engine.evaluate(batch, "NEW")
+        allowed_if_new, decider = self.engine.evaluate_explained(batch, "NEW")
         allowed, ct, ct_reasons = self.conntrack.run(batch, allowed_if_new)
         allowed = np.asarray(allowed, dtype=bool).copy()
         ct = np.asarray(ct, dtype=np.uint8)
-        reasons = self._reasons(batch, allowed, ct, ct_reasons)
+        reasons = self._reasons(batch, allowed, ct, ct_reasons, decider)
         self._follow_fragments(batch, allowed, reasons)
         return ChunkVerdicts(batch, allowed, ct, reasons)
 
     def _reasons(
-        self, batch: PacketBatch, allowed: np.ndarray, ct: np.ndarray, ct_reasons: Any
-    ) -> list[str]:
-        reasons: list[str] = []
+        self,
+        batch: PacketBatch,
+        allowed: np.ndarray,
+        ct: np.ndarray,
+        ct_reasons: Any,
+        decider: np.ndarray,
+    ) -> np.ndarray:
+        """One reason string per packet (an object array), assigned by groups, not per packet."""
+        reasons = np.empty(len(batch), dtype=object)
         status = batch.status
-        for i in range(len(batch)):
-            st = status[i]
-            if st == NOT_IP:
-                reasons.append("not ip")
-            elif st == MALFORMED:
-                reasons.append("malformed")
-            elif st == FRAGMENT:
-                reasons.append("fragment")
-            else:
-                state = int(ct[i])
-                if state in (CtState.ESTABLISHED, CtState.RELATED):
-                    reasons.append(CT_LABELS[state])
-                elif state == CtState.INVALID:
-                    detail = str(ct_reasons[i]) if ct_reasons is not None else ""
-                    reasons.append(f"invalid: {detail}" if detail else "invalid")
-                elif allowed[i]:
-                    reasons.append(f"{CT_LABELS[state]}: allowed by policy")
-                else:
-                    reasons.append(f"{CT_LABELS[state]}: {self._deny_reason(batch, i)}")
+        reasons[status == NOT_IP] = "not ip"
+        reasons[status == MALFORMED] = "malformed"
+        reasons[status == FRAGMENT] = "fragment"
+        ok = status == OK
+        for state in (CtState.ESTABLISHED, CtState.RELATED):
+            reasons[ok & (ct == state)] = CT_LABELS[state]
+        for i in np.flatnonzero(ok & (ct == CtState.INVALID)):
+            detail = str(ct_reasons[i]) if ct_reasons is not None else ""
+            reasons[i] = f"invalid: {detail}" if detail else "invalid"
+        for state in (CtState.NEW, CtState.UNTRACKED):
+            fresh = ok & (ct == state)
+            reasons[fresh & allowed] = f"{CT_LABELS[state]}: allowed by policy"
+            denied = np.flatnonzero(fresh & ~allowed)
+            for rule_index in np.unique(decider[denied]):
+                comment = self.engine.rules[rule_index][2].comment if rule_index >= 0 else "denied"
+                reasons[denied[decider[denied] == rule_index]] = f"{CT_LABELS[state]}: {comment}"
         return reasons
-
-    def _deny_reason(self, batch: PacketBatch, i: int) -> str:
-        key = (
-            int(batch.family[i]),
-            int(batch.src_hi[i]),
-            int(batch.src_lo[i]),
-            int(batch.dst_hi[i]),
-            int(batch.dst_lo[i]),
-            int(batch.proto[i]),
-            int(batch.dport[i]),
-        )
-        reason = self._deny_reasons.get(key)
-        if reason is None:
-            if len(self._deny_reasons) >= _MAX_EXPLAINED:
-                return "denied by policy"
-            if self._walker is None:
-                self._walker = Walker(self.ruleset)
-            fam, shi, slo, dhi, dlo, proto, dport = key
-            pkt = Packet(
-                fam,
-                (shi << 64) | slo if fam == 6 else slo,
-                (dhi << 64) | dlo if fam == 6 else dlo,
-                proto,
-                dport,
-                "NEW",
-            )
-            trace = self._walker.walk(pkt)
-            reason = trace.final.rule.comment if trace.final else "denied by policy"
-            self._deny_reasons[key] = reason
-        return reason
 
     def _follow_fragments(
         self, batch: PacketBatch, allowed: np.ndarray, reasons: list[str]
@@ -220,8 +189,10 @@ def accumulate(summary: ReplaySummary, v: ChunkVerdicts) -> None:
     n_allowed = int(v.allowed.sum())
     summary.allowed += n_allowed
     summary.dropped += n - n_allowed
-    for reason, allowed in zip(v.reasons, v.allowed, strict=True):
-        summary.by_reason[("allow: " if allowed else "drop: ") + reason] += 1
+    if n:
+        labels = np.where(v.allowed, "allow: ", "drop: ").astype(object) + v.reasons
+        for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
+            summary.by_reason[label] += int(count)
     ip = (v.batch.status == OK) | (v.batch.status == FRAGMENT)
     if not ip.any():
         return

@@ -61,15 +61,15 @@ def test_engine_agrees_with_walker(cluster: Cluster, data: st.DataObject) -> Non
         )
     batch = _batch(rows)
     ct = np.array([CT_CODES[r[4]] for r in rows], dtype=np.uint8)
-    fast = engine.evaluate(batch, ct)
-    slow = np.array(
-        [
-            walker.walk(Packet.make(s, d, p, port, state)).verdict == "ACCEPT"
-            for s, d, p, port, state in rows
-        ]
-    )
+    fast, decider = engine.evaluate_explained(batch, ct)
+    traces = [walker.walk(Packet.make(s, d, p, port, state)) for s, d, p, port, state in rows]
+    slow = np.array([t.verdict == "ACCEPT" for t in traces])
     mismatch = np.flatnonzero(fast != slow)
     assert not len(mismatch), [rows[i] for i in mismatch[:5]]
+    # the deciding rule is the walker's too (None: fell through to FORWARD's policy)
+    engine_final = [engine.rules[k][:2] if k >= 0 else None for k in decider]
+    walker_final = [(t.final.chain, t.final.index) if t.final else None for t in traces]
+    assert engine_final == walker_final
 
 
 def test_engine_on_empty_batch() -> None:
