@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from scapy.all import IP, IPv6, CookedLinuxV2, PcapNgWriter
+from scapy.all import IP, CookedLinuxV2, IPv6, PcapNgWriter
 
 from compiler.lower import lower
 from compiler.model import (
