@@ -152,11 +152,8 @@ class Inventory:
         if not _is_ip(text):
             raise ValueError(f"{text!r} is neither namespace/pod nor an IP address")
         ip = _norm(text)
-        pod = self.pod_by_ip.get(ip)
-        # an address that belongs to a pod is that pod (by name, with all of its addresses)
-        return (
-            Endpoint(label=pod.key, ips=pod.ips, pod=pod) if pod else Endpoint(label=ip, ips=(ip,))
-        )
+        # the address itself (its family matters), attributed to the pod that owns it if any
+        return Endpoint(label=ip, ips=(ip,), pod=self.pod_by_ip.get(ip))
 
     def pod_endpoints(self) -> list[Endpoint]:
         """Every pod that has an address, in manifest order."""

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from itertools import groupby
 from typing import Any
 
+from compiler.inventory import Endpoint
+
 from .probe import ProbeResult
 
 RED, GREEN, DIM, RESET = "\033[31m", "\033[32m", "\033[2m", "\033[0m"
@@ -114,16 +116,22 @@ def matrix_png(results: Sequence[ProbeResult], path: str) -> None:
     plt.close(fig)
 
 
+def _named(endpoint: Endpoint) -> str:
+    """``10.0.0.1 (prod/web)`` for a pod's address, else the label."""
+    if endpoint.pod is not None and endpoint.pod.key != endpoint.label:
+        return f"{endpoint.label} ({endpoint.pod.key})"
+    return endpoint.label
+
+
 def check_text(result: ProbeResult) -> str:
     spec, exp = result.spec, result.explanation
-    lines = [
-        f"{spec.src.label} -> {spec.dst.label} {spec.port}/{spec.protocol}: {result.verdict.upper()}"
-    ]
+    head = f"{_named(spec.src)} -> {_named(spec.dst)} {spec.port}/{spec.protocol}"
+    lines = [f"{head}: {result.verdict.upper()}"]
     if "error" in exp:
         return lines[0] + f"\n  {exp['error']}\n"
     for direction in ("egress", "ingress"):
         d = exp[direction]
-        who = d["endpoint"]
+        who = _named(spec.src if direction == "egress" else spec.dst)
         iso = "isolated" if d.get("isolated") else "not isolated"
         pols = f" by {', '.join(d['policies'])}" if d.get("policies") else ""
         lines.append(f"  {direction:<8} of {who}: {d.get('verdict', '?')} ({iso}{pols})")
