@@ -349,6 +349,76 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- lab -----------------------------------------------------------------------------------------
+
+
+def _lab_guard() -> None:
+    from .netns.lab import Lab, LabError
+
+    try:
+        Lab.require_root()
+    except LabError as e:
+        raise InputError(str(e)) from None
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    import json as jsonlib
+
+    from .netns.topology import cleanup_leftovers
+
+    if args.action == "down":
+        _lab_guard()
+        removed = cleanup_leftovers()
+        print(f"npemu: removed {len(removed)} namespace(s) of earlier lab runs", file=sys.stderr)
+        return 0
+    if not args.files:
+        raise InputError(f"lab {args.action} needs -f MANIFESTS")
+    cluster = _load(args)
+    _lab_guard()
+    if args.action == "verify":
+        from .netns.verify import verify
+
+        rows = verify(cluster, _ports(args.port), args.endpoint or [], backend=args.backend)
+        disagree = [r for r in rows if not r.agree]
+        if args.output == "json":
+            sys.stdout.write(
+                jsonlib.dumps(
+                    {"agree": not disagree, "results": [r.to_dict() for r in rows]}, indent=2
+                )
+                + "\n"
+            )
+        else:
+            skipped = sum(r.kernel == "skipped" for r in rows)
+            print(
+                f"{len(rows)} probes through the kernel ({args.backend}) and the emulator: "
+                f"{len(rows) - len(disagree) - skipped} agree, {len(disagree)} disagree, {skipped} skipped"
+            )
+            for r in disagree:
+                print(
+                    f"  DISAGREE {r.src} -> {r.dst} {r.port}/{r.protocol}: emulator {r.emulator}, "
+                    f"kernel {r.kernel} ({r.detail})"
+                )
+        return 0 if not disagree else 1
+    # up: build, load, describe, then hold until Ctrl-C (everything is removed on the way out)
+    import signal
+
+    from compiler.lower import lower
+
+    from .netns.lab import Lab
+    from .netns.verify import load_ruleset
+
+    with Lab(cluster, externals=args.endpoint or []) as lab:
+        load_ruleset(lab, lower(cluster), args.backend)
+        sys.stdout.write(jsonlib.dumps(lab.describe(), indent=2) + "\n")
+        sys.stdout.flush()
+        print(
+            "npemu: lab is up; enter a pod with the commands above. Ctrl-C removes it.",
+            file=sys.stderr,
+        )
+        signal.pause()
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------
 
 
@@ -470,6 +540,40 @@ def build_parser() -> argparse.ArgumentParser:
         "from the example shipped with the package.",
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "lab",
+        help="the real-kernel lab: pods as network namespaces (needs root)",
+        description="up: build the inventory as namespaces, load the compiled rules into "
+        "each node's FORWARD path, print how to enter each pod, and hold "
+        "until Ctrl-C. verify: build, probe every cell for real, compare "
+        "with `npemu matrix`, tear down; exit 0 iff kernel and emulator "
+        "agree. down: remove namespaces left by earlier runs.",
+        epilog="example: sudo npemu lab verify -f examples/three-tier --port 80 --port 3306 "
+        "--endpoint 192.168.5.10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", choices=["up", "verify", "down"])
+    p.add_argument(
+        "-f",
+        "--filename",
+        dest="files",
+        action="append",
+        metavar="PATH",
+        help="manifests, as for the other commands (not needed for down)",
+    )
+    p.add_argument(
+        "--port", action="append", metavar="PORT[/PROTO]", help="probed ports (default 80/TCP)"
+    )
+    p.add_argument("--endpoint", action="append", metavar="IP", help="an external host to add")
+    p.add_argument(
+        "--backend",
+        choices=["iptables", "nft"],
+        default="iptables",
+        help="load ipset + iptables-restore (default) or one nft script",
+    )
+    p.add_argument("-o", "--output", default="table", choices=["table", "json"])
+    p.set_defaults(func=cmd_lab)
     return parser
 
 
