@@ -161,3 +161,12 @@ def test_console_script_help_teaches() -> None:
     assert proc.returncode == 0
     for word in ("compile", "matrix", "check", "replay", "generate", "demo", "examples:"):
         assert word in proc.stdout
+
+
+def test_matrix_png_heatmap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "m.png"
+    code, _, err = run(
+        capsys, "matrix", "-f", THREE_TIER, "--port", "80", "--port", "3306", "--png", str(png)
+    )
+    assert code == 0 and "heatmap written" in err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
