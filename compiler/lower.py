@@ -80,7 +80,7 @@ class _Builder:
             self.sets[name] = IPSet(
                 name=name,
                 kind=kind,
-                family=family,  # type: ignore[arg-type]
+                family=family,
                 entries=tuple(dict.fromkeys(entries)),
                 nomatch=nomatch,
                 comment=comment,
@@ -178,10 +178,10 @@ class _Builder:
         for pi, peer in enumerate(prule.peers):
             if peer.ip_block is not None:
                 fam, name = self.ipblock_set(peer.ip_block)
-                out.append((pi, fam, (SetMatch(name, peer_dir),)))  # type: ignore[arg-type]
+                out.append((pi, fam, (SetMatch(name, peer_dir),)))
             else:
                 for fam, name in self.selector_peer_sets(policy, peer).items():
-                    out.append((pi, fam, (SetMatch(name, peer_dir),)))  # type: ignore[arg-type]
+                    out.append((pi, fam, (SetMatch(name, peer_dir),)))
         return out
 
     def _port_alternatives(
@@ -209,7 +209,7 @@ class _Builder:
         lines: list[Rule] = []
         ports: list[tuple[int | None, PolicyPort | None]] = (
             list(enumerate(prule.ports)) if prule.ports else [(None, None)]
-        )  # type: ignore[list-item]
+        )
         peers = self._peer_alternatives(policy, prule, peer_dir)
         for pi, peer_fam, peer_matches in peers:
             for ki, port in ports:
@@ -223,13 +223,13 @@ class _Builder:
                         rule=ri,
                         peer=pi,
                         port=ki,
-                    )  # type: ignore[arg-type]
+                    )
                     lines.append(
                         Rule(
                             matches=peer_matches + port_matches,
                             target="MARK",
                             mark=(ALLOW_MARK, ALLOW_MARK),
-                            family=peer_fam or port_fam,  # type: ignore[arg-type]
+                            family=peer_fam or port_fam,
                             comment=prov.describe(),
                             provenance=prov,
                         )
@@ -247,8 +247,8 @@ class _Builder:
             rules.append(
                 Rule(
                     matches=(AddrMatch(ip, self_dir),),
-                    target="RETURN",  # type: ignore[arg-type]
-                    family=_family(ip),  # type: ignore[arg-type]
+                    target="RETURN",
+                    family=_family(ip),
                     comment=f"self traffic of {pod.key}",
                     provenance=Provenance(kind="self", pod=pod.key),
                 )
@@ -271,7 +271,7 @@ class _Builder:
                         kind="policy-jump", policy=policy.key, direction=direction, pod=pod.key
                     ),
                 )
-            )  # type: ignore[arg-type]
+            )
             rules.append(
                 Rule(
                     matches=(MarkMatch(ALLOW_MARK, ALLOW_MARK),),
@@ -281,8 +281,8 @@ class _Builder:
                         kind="allow-check", policy=policy.key, direction=direction, pod=pod.key
                     ),
                 )
-            )  # type: ignore[arg-type]
-        deny = Provenance(kind="default-deny", direction=direction, pod=pod.key)  # type: ignore[arg-type]
+            )
+        deny = Provenance(kind="default-deny", direction=direction, pod=pod.key)
         rules.append(Rule(target="DROP", comment=deny.describe(), provenance=deny))
         self.chains[name] = Chain(
             name=name,
@@ -367,7 +367,7 @@ def lower(cluster: Cluster, node: str | None = None, inventory: Inventory | None
                     Rule(
                         matches=(SetMatch(src, "src"), SetMatch(dst, "dst")),
                         target="ACCEPT",
-                        family=fam,  # type: ignore[arg-type]
+                        family=fam,
                         comment=prov.describe(),
                         provenance=prov,
                     )
@@ -388,12 +388,12 @@ def lower(cluster: Cluster, node: str | None = None, inventory: Inventory | None
                     Rule(
                         matches=(AddrMatch(ip, addr_dir),),
                         target="JUMP",
-                        jump=chain,  # type: ignore[arg-type]
-                        family=_family(ip),  # type: ignore[arg-type]
+                        jump=chain,
+                        family=_family(ip),
                         comment=f"{direction} of {pod.key}",
                         provenance=Provenance(
                             kind="dispatch",
-                            direction=direction,  # type: ignore[arg-type]
+                            direction=direction,
                             pod=pod.key,
                         ),
                     )
