@@ -139,7 +139,7 @@ class Inventory:
 
     def endpoint(self, text: str) -> Endpoint:
         """Resolve ``namespace/pod`` or an IP literal. Raises KeyError/ValueError with a message."""
-        if "/" in text and not _is_ip(text):
+        if "/" in text and not is_ip(text):
             pod = self.pod_by_key.get(text)
             if pod is None:
                 raise KeyError(
@@ -149,7 +149,7 @@ class Inventory:
             if not ips:
                 raise ValueError(f"pod {text} has no IP address (status.podIP(s) is empty)")
             return Endpoint(label=text, ips=ips, pod=pod)
-        if not _is_ip(text):
+        if not is_ip(text):
             raise ValueError(f"{text!r} is neither namespace/pod nor an IP address")
         ip = _norm(text)
         # the address itself (its family matters), attributed to the pod that owns it if any
@@ -160,7 +160,8 @@ class Inventory:
         return [Endpoint(p.key, self.pod_ips(p), p) for p in self.pods if self.pod_ips(p)]
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """True for an IPv4 or IPv6 address literal."""
     try:
         ipaddress.ip_address(text)
     except ValueError:

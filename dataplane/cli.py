@@ -228,7 +228,7 @@ def run_replay(
             progress.stop()
         for w in writers.values():
             w.close()
-    summary.flows = {st.key: st for st in summary.flows.values()}
+    summary.finish()
     for warning in reader.warnings:
         print(f"npemu: warning: {warning}", file=sys.stderr)
     return summary

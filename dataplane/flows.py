@@ -1058,16 +1058,20 @@ def _scenario_random(
     return random_workload(cluster, 200, seed, ports or DEFAULT_PORTS, externals=externals)
 
 
+def _target_pod(cluster: Cluster, seed: int, scenario: str) -> Pod:
+    """The pod a one-target scenario aims at, chosen by the seed among pods with an address."""
+    pods = [p for p in cluster.pods if p.ips and not p.host_network]
+    if not pods:
+        raise ValueError(f"{scenario} needs a pod with an IP")
+    return random.Random(seed).choice(pods)
+
+
 def _scenario_port_scan(
     cluster: Cluster, *, seed: int, ports: list[tuple[int, str]], externals: list[str]
 ) -> list[Packet]:
     # An outsider (the first external, else a TEST-NET-3 address) scans ports 1-1024 plus the
     # given TCP ports of one pod; the pod "listens" on its declared TCP container ports.
-    rng = random.Random(seed)
-    pods = [p for p in cluster.pods if p.ips and not p.host_network]
-    if not pods:
-        raise ValueError("port-scan needs a pod with an IP")
-    target = rng.choice(pods)
+    target = _target_pod(cluster, seed, "port-scan")
     dst = target.ips[0]
     src = next((e for e in externals if _family(e) == _family(dst)), None)
     src = src or ("203.0.113.66" if _family(dst) == 4 else "2001:db8::66")
@@ -1079,11 +1083,7 @@ def _scenario_port_scan(
 def _scenario_syn_flood(
     cluster: Cluster, *, seed: int, ports: list[tuple[int, str]], externals: list[str]
 ) -> list[Packet]:
-    rng = random.Random(seed)
-    pods = [p for p in cluster.pods if p.ips and not p.host_network]
-    if not pods:
-        raise ValueError("syn-flood needs a pod with an IP")
-    dst = rng.choice(pods).ips[0]
+    dst = _target_pod(cluster, seed, "syn-flood").ips[0]
     dport = next((p for p, proto in ports if proto.upper() == "TCP"), 80)
     srcs = [e for e in externals if _family(e) == _family(dst)]
     if not srcs:  # spoofed sources from a documentation range

@@ -70,6 +70,11 @@ class ReplaySummary:
             "flows": [flow_row(key, st) for key, st in flows],
         }
 
+    def finish(self) -> None:
+        """After the last chunk: key flows by their first packet's direction (during the replay
+        they are keyed direction-independently so that replies join their flow)."""
+        self.flows = {st.key: st for st in self.flows.values()}
+
     def top_denied(self, n: int = 10) -> list[tuple[tuple, FlowStats]]:
         denied = [(k, st) for k, st in self.flows.items() if st.dropped]
         denied.sort(key=lambda kv: (-kv[1].dropped, kv[1].first_index))
@@ -240,8 +245,7 @@ def replay(
         accumulate(summary, v)
         if on_chunk is not None:
             on_chunk(v)
-    # present flows by their first packet's direction
-    summary.flows = {st.key: st for st in summary.flows.values()}
+    summary.finish()
     return summary
 
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from compiler.inventory import is_ip
 from dataplane.netns.topology import Endpoint, LabError, Plan, entered
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -96,7 +97,7 @@ def resolve(plan: Plan, index: int, probe: Probe) -> _Planned | ProbeResult:
     except LabError as e:
         return ProbeResult(probe, False, "error", detail=str(e))
     dst_candidates = list(dst.ips)
-    if _is_ip(probe.destination):
+    if is_ip(probe.destination):
         dst_candidates = [ipaddress.ip_address(probe.destination).compressed]
     if probe.family is not None:
         dst_candidates = [ip for ip in dst_candidates if _fam_number(ip) == probe.family]
@@ -120,14 +121,6 @@ def resolve(plan: Plan, index: int, probe: Probe) -> _Planned | ProbeResult:
             detail="this kernel has no SCTP sockets (socket(IPPROTO_SCTP) fails)",
         )
     return _Planned(index, probe, src, dst, src_ip, dst_ip, protocol)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
