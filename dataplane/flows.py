@@ -23,7 +23,7 @@ import ipaddress
 import random
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -223,6 +223,19 @@ class _TcpEnd:
     ip_id: int
     flowlabel: int
     mss: int
+    # Flow control across the whole connection, in sequence space (data bytes and FIN): how
+    # much this end has sent, and the peer's ACKs as (time seen in the capture, amount acked).
+    sent: int = 0
+    acks_in: list[tuple[float, int]] = field(default_factory=list)
+
+    def wait_for_window(self, t: float, extra: int, rtt: float) -> float:
+        """When ``extra`` more sequence numbers fit in the peer's window: Linux sends nothing,
+        FIN included (tcp_snd_wnd_test), past the last ACK it has seen plus the window."""
+        need = self.sent + extra - (_WINDOW << _WSCALE)
+        if need <= 0:
+            return t
+        ack_t = next(at for at, acked in self.acks_in if acked >= need)
+        return max(t, ack_t + rtt)
 
     def packet(self, peer: _TcpEnd, flags: str, t: float, payload: bytes = b"", **tcp) -> Packet:
         seq = tcp.pop("seq", self.snd_nxt)
@@ -291,30 +304,25 @@ def _send_message(
     the ACK that opens it (seen rtt after the ACK). The receiver ACKs every second segment and
     the last one, each seen rtt after the segment it acknowledges.
     """
-    window = _WINDOW << _WSCALE
-    acks: list[tuple[float, int]] = []  # (time seen, bytes acknowledged so far) of rcv's ACKs
     sent = 0
     t = t0
     n_seg = 0
     while sent < nbytes:
         size = min(snd.mss, nbytes - sent)
-        # Flow control: all of [sent, sent + size) must fit in the window above the latest ACK
-        # the sender has had time to see.
-        need = sent + size - window
-        if need > 0:
-            ack_t = next(at for at, acked in acks if acked >= need)
-            t = max(t, ack_t + rtt)
+        # all of the segment must fit in the window above the latest ACK the sender has seen
+        t = snd.wait_for_window(t, size, rtt)
         last = sent + size == nbytes
         flags = "PA" if last else "A"
         out.append(snd.packet(rcv, flags, t, _payload(stream_offset + sent, size)))
         snd.snd_nxt = (snd.snd_nxt + size) & 0xFFFFFFFF
+        snd.sent += size
         sent += size
         n_seg += 1
         if n_seg % 2 == 0 or last:
             rcv.rcv_nxt = snd.snd_nxt
             ack_t = t + rtt
             out.append(rcv.packet(snd, "A", ack_t))
-            acks.append((ack_t, sent))
+            snd.acks_in.append((ack_t, snd.sent))
         last_t = t
         t += SEGMENT_GAP
     return last_t
@@ -419,12 +427,15 @@ def _close(
         # An abortive close (SO_LINGER 0 or unread data) sends RST|ACK at snd_nxt; no answer.
         out.append(client.packet(server, "RA", t))
         return
+    t = client.wait_for_window(t, 1, rtt)  # a FIN takes one sequence number of the window
     out.append(client.packet(server, "FA", t))
-    client.snd_nxt = (client.snd_nxt + 1) & 0xFFFFFFFF  # FIN takes one sequence number
+    client.snd_nxt = (client.snd_nxt + 1) & 0xFFFFFFFF
+    client.sent += 1
     server.rcv_nxt = client.snd_nxt
     t += rtt
     out.append(server.packet(client, "A", t))
-    t += _THINK  # the server application reads EOF, then closes its side
+    client.acks_in.append((t, client.sent))
+    t = server.wait_for_window(t + _THINK, 1, rtt)  # the server reads EOF, then closes its side
     out.append(server.packet(client, "FA", t))
     server.snd_nxt = (server.snd_nxt + 1) & 0xFFFFFFFF
     client.rcv_nxt = server.snd_nxt

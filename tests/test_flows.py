@@ -7,7 +7,7 @@ import statistics
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import (
@@ -322,6 +322,21 @@ def test_unsolicited():
     close=st.sampled_from(["fin", "rst", "none"]),
     retries=st.integers(0, 2),
     isn=st.integers(0, MOD - 1),
+)
+# found in CI: data filling the window exactly, then a FIN sent before any ACK was seen
+@example(
+    data=[(C2S, 4256), (C2S, 20000), (C2S, 20000), (C2S, 20000)],
+    rtt=0.5,
+    close="fin",
+    retries=0,
+    isn=0,
+)
+@example(
+    data=[(C2S, 40000), (C2S, 40000), (S2C, 40000), (S2C, 40000)],
+    rtt=0.5,
+    close="fin",
+    retries=0,
+    isn=5,
 )
 def test_tcp_connection_always_consistent(data, rtt, close, retries, isn):
     # ISNs near 2**32 exercise sequence wrap-around
