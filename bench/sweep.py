@@ -64,13 +64,39 @@ def point_classify(rules: int, packets: int, walker_budget_s: float, walker_max:
     engine = Engine(rs)
     engine_build_s = time.perf_counter() - t0
     engine.evaluate(batch.take(slice(0, 64)), "NEW")  # warm-up: first-call overheads
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        verdict = engine.evaluate(batch, "NEW")
-        best = min(best, time.perf_counter() - t0)
-        if best > 5.0:  # slow points: one round is measurement enough
-            break
+
+    def best_of(fn: Any, rounds: int = 3) -> float:
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+            if best > 5.0:  # slow points: one round is measurement enough
+                break
+        return best
+
+    def cold() -> None:
+        engine.clear_cache()
+        engine.evaluate(batch, "NEW")
+
+    cold_s = best_of(cold)
+    before = engine.stats
+    verdict = engine.evaluate(batch, "NEW")  # the cache is warm: every packet a hit
+    warm_s = best_of(lambda: engine.evaluate(batch, "NEW"))
+    walker_only = Engine(rs, cache_size=0)
+    walker_only.evaluate(batch.take(slice(0, 64)), "NEW")
+    start = walker_only.stats
+    walk_s = best_of(lambda: walker_only.evaluate(batch, "NEW"), rounds=1)
+    walked = walker_only.stats
+    engine_rules_per_walk = (walked["rules_inspected"] - start["rules_inspected"]) / max(
+        walked["walks"] - start["walks"], 1
+    )
+    engine.clear_cache()
+    first = engine.stats
+    engine.evaluate(batch, "NEW")
+    cold_walks = engine.stats["walks"] - first["walks"]
+    del before
+    best = cold_s
     walker, loop = Walker(rs), RuleLoop(rs)
     pkts = [
         Packet(4, int(batch.src_lo[i]), int(batch.dst_lo[i]), 6, int(batch.dport[i]))
@@ -106,6 +132,11 @@ def point_classify(rules: int, packets: int, walker_budget_s: float, walker_max:
         "build_s": build_s,
         "engine_build_s": engine_build_s,
         "engine_ns_per_packet": best / len(batch) * 1e9,
+        "engine_warm_ns_per_packet": warm_s / len(batch) * 1e9,
+        "engine_walk_ns_per_packet": walk_s / len(batch) * 1e9,
+        "engine_cold_walk_fraction": cold_walks / len(batch),
+        "engine_rules_inspected": engine_rules_per_walk,
+        "identities": sum(engine.classes.identities.values()),
         "walker_packets": k,
         "walker_ns_per_packet": walker_s / k * 1e9,
         "walker_rules_inspected": float(np.mean(inspected)),

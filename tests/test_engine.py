@@ -62,6 +62,12 @@ def test_engine_agrees_with_walker(cluster: Cluster, data: st.DataObject) -> Non
     batch = _batch(rows)
     ct = np.array([CT_CODES[r[4]] for r in rows], dtype=np.uint8)
     fast, decider = engine.evaluate_explained(batch, ct)
+    # the second pass is answered from the class cache; a cache-less engine walks every packet
+    again, decider_again = engine.evaluate_explained(batch, ct)
+    assert engine.stats["hits"] >= len(rows)
+    uncached, decider_uncached = Engine(rs, cache_size=0).evaluate_explained(batch, ct)
+    assert (again == fast).all() and (uncached == fast).all()
+    assert (decider_again == decider).all() and (decider_uncached == decider).all()
     traces = [walker.walk(Packet.make(s, d, p, port, state)) for s, d, p, port, state in rows]
     slow = np.array([t.verdict == "ACCEPT" for t in traces])
     mismatch = np.flatnonzero(fast != slow)
@@ -130,3 +136,102 @@ def test_ipblock_except_of_one_peer_does_not_block_another_peer() -> None:
     assert [
         walker.walk(Packet.make(s, "10.0.0.1", "tcp", 80)).verdict == "ACCEPT" for s in cases
     ] == list(cases.values())
+
+
+def _scan_cluster() -> Cluster:
+    from compiler.model import Node, Pod, PolicyPort
+
+    pods = tuple(
+        Pod("ns", f"p{i}", labels=(("app", f"a{i % 3}"),), ips=(f"10.0.{i // 200}.{i % 200 + 1}",),
+            node_name=f"n{i % 4}")
+        for i in range(600)
+    )  # fmt: skip
+    nodes = tuple(Node(f"n{i}", addresses=(f"172.20.0.{i + 1}",)) for i in range(4))
+    policies = tuple(
+        NetworkPolicy(
+            "ns",
+            f"pol{j}",
+            LabelSelector((("app", f"a{j % 3}"),)),
+            ingress=(
+                PolicyRule(
+                    peers=(Peer(pod_selector=LabelSelector((("app", f"a{(j + 1) % 3}"),))),
+                           Peer(ip_block=IPBlock("192.168.0.0/16", ("192.168.7.0/24",)))),
+                    ports=(PolicyPort("TCP", 8000 + j, 8000 + j + 5),),
+                ),
+            ),
+        )
+        for j in range(12)
+    )  # fmt: skip
+    return Cluster(pods=pods, nodes=nodes, policies=policies)
+
+
+def test_engine_indexes_dispatch_runs_and_survives_cache_turnover() -> None:
+    """Runs are built for the long address-keyed sequences, and a tiny cache that is reset many
+    times over still gives the walker's verdicts."""
+    from dataplane.program import OP_RUN
+
+    rs = lower(_scan_cluster())
+    engine = Engine(rs, cache_size=8)
+    assert (engine.program.op_kind == OP_RUN).sum() >= 2  # the egress and ingress dispatch
+    rng = np.random.default_rng(7)
+    addrs = [f"10.0.{i // 200}.{i % 200 + 1}" for i in range(600)] + [
+        "192.168.7.9", "192.168.8.9", "172.20.0.1", "172.20.0.3", "8.8.8.8"
+    ]  # fmt: skip
+    rows = [
+        (addrs[rng.integers(len(addrs))], addrs[rng.integers(len(addrs))], 6,
+         int(rng.integers(7995, 8020)), "NEW")
+        for _ in range(3000)
+    ]  # fmt: skip
+    fast, decider = engine.evaluate_explained(_batch(rows))
+    walker = Walker(rs)
+    traces = [walker.walk(Packet.make(s, d, p, port)) for s, d, p, port, _ in rows]
+    assert fast.tolist() == [t.verdict == "ACCEPT" for t in traces]
+    assert [engine.rules[k][:2] if k >= 0 else None for k in decider] == [
+        (t.final.chain, t.final.index) if t.final else None for t in traces
+    ]
+    assert 0 < fast.sum() < len(rows)
+
+
+def test_identities_merge_addresses_no_rule_tells_apart() -> None:
+    """Addresses outside every set share one identity; port classes cut at the port bounds."""
+    engine = Engine(lower(_scan_cluster()))
+    c = engine.classes
+    assert c.port_class[8000] != c.port_class[7999]
+    # policy j allows 8000+j..8005+j: bounds at 8000..8017 leave 0-7999, 17 single ports, 8017+
+    assert len(np.unique(c.port_class)) == 19
+    assert c.port_class[0] == c.port_class[7999] and c.port_class[8017] == c.port_class[65535]
+    rows = [("8.8.8.8", "10.0.0.1", 6, 8000, "NEW"), ("9.9.9.9", "10.0.0.1", 6, 8000, "NEW")]
+    engine.evaluate(_batch(rows))
+    assert engine.stats["hits"] == 1 and engine.stats["walks"] == 1
+
+
+def test_kernel_gives_the_same_answers_unjitted() -> None:
+    """The numba kernel and the same code run as plain Python (NUMBA_DISABLE_JIT) agree."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, tests.test_engine as t;"
+        "from compiler.lower import lower; from dataplane.engine import Engine;"
+        "rng = np.random.default_rng(3);"
+        "addrs = [f'10.0.0.{i}' for i in range(1, 60)] + ['192.168.7.1', '192.168.1.1'];"
+        "rows = [(addrs[rng.integers(len(addrs))], addrs[rng.integers(len(addrs))], 6,"
+        " int(rng.integers(7999, 8012)), 'NEW') for _ in range(400)];"
+        "ok, rule = Engine(lower(t._scan_cluster()), cache_size=64).evaluate_explained(t._batch(rows));"
+        "print(''.join('1' if v else '0' for v in ok), rule.tolist())"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=root,
+            env={**os.environ, "NUMBA_DISABLE_JIT": flag},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for flag in ("0", "1")
+    ]
+    assert outs[0] == outs[1]
+    assert "1" in outs[0].split()[0] and "0" in outs[0].split()[0]

@@ -1,0 +1,265 @@
+"""The engine's numba kernel: classify a batch against a flattened Program.
+
+``classify`` keys each packet by (family, source identity, destination identity, protocol, port
+class, ct state) — the coarsest key the tables can tell apart (see ``dataplane.classes``) — and
+keeps a bounded open-addressing cache from that key to (verdict, deciding rule). A miss walks the
+Program exactly as netfilter would, but with runs indexed by address, so the cost of a miss
+follows the rules that can match the packet, not the rule count.
+
+The walk is written out inside the one function on purpose: every call that passes arrays (even
+one numba inlines) costs an atomic reference-count increment and decrement per array, which at a
+few dozen arrays per rule dominated the whole walk. Binary searches are therefore spelled out at
+each use.
+
+Under ``NUMBA_DISABLE_JIT=1`` the same function runs as plain Python (slowly), which the tests
+use to check the compiled kernel against its own source.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .program import (
+    C_FAMILY,
+    C_HEADER,
+    C_JUMP,
+    C_MARK_MASK,
+    C_MARK_VALUE,
+    C_MATCH,
+    C_NMATCH,
+    C_RULE,
+    C_TARGET,
+    M_CT,
+    M_MARK,
+    M_PORT,
+    M_PROTO,
+    M_SET,
+    OP_RUN,
+    T_ACCEPT,
+    T_DROP,
+    T_JUMP,
+    T_MARK,
+    T_RETURN,
+)
+
+MAX_DEPTH = 64  # iptables allows far less nesting than this
+_C1 = np.uint64(0x9E3779B97F4A7C15)
+_C2 = np.uint64(0xFF51AFD7ED558CCD)
+_S24 = np.uint64(24)
+_S32 = np.uint64(32)
+_S33 = np.uint64(33)
+_S40 = np.uint64(40)
+_ONE = np.uint64(1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _lower_bound(mem, first, last, key):
+    """The first row in [first, last) whose key is >= key (branch-free halving)."""
+    n = last - first
+    if n <= 0:
+        return first
+    base = first
+    while n > 1:
+        half = n >> 1
+        base = base + half if mem[base + half - 1, 0] < key else base
+        n -= half
+    return base + (1 if mem[base, 0] < key else 0)
+
+
+@njit(cache=True, nogil=True)
+def classify(
+    prog,
+    entry,
+    n_sets,
+    classes,
+    cache_keys,
+    cache_vals,
+    counters,
+    family,
+    src_hi,
+    src_lo,
+    dst_hi,
+    dst_lo,
+    proto,
+    dport,
+    ct,
+    out_ok,
+    out_rule,
+):
+    """Fill out_ok / out_rule for every packet. ``cache_vals[i] == 0`` marks an empty slot; a
+    value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules inspected by walks]."""
+    chain_off, op_kind, op_code, run_dir, ri_code, code = prog
+    id_off, id_start_hi, id_start_lo, id_of, mem_off, mem, port_class = classes
+    no_identity = mem_off.shape[0] - 2
+    stack = np.zeros((MAX_DEPTH, 4), dtype=np.int64)
+    cap = cache_vals.shape[0]
+    mask = np.uint64(cap - 1) if cap > 0 else np.uint64(0)
+    for p in range(family.shape[0]):
+        fam = family[p]
+        pr = proto[p]
+        dp = dport[p]
+        c = ct[p]
+
+        # -- identities, the class key and the cache ---------------------------------------
+        sid = no_identity
+        did = no_identity
+        if fam == 4 or fam == 6:
+            a = id_off[0] if fam == 4 else id_off[1]
+            b = id_off[1] if fam == 4 else id_off[2]
+            for side in range(2):
+                qhi = src_hi[p] if side == 0 else dst_hi[p]
+                qlo = src_lo[p] if side == 0 else dst_lo[p]
+                # the last piece starting at or before q (piece a starts at address 0);
+                # branch-free halving, since the comparisons are unpredictable
+                base = a
+                n = b - a
+                while n > 1:
+                    half = n >> 1
+                    m = base + half
+                    h = id_start_hi[m]
+                    le = (h < qhi) | ((h == qhi) & (id_start_lo[m] <= qlo))
+                    base = m if le else base
+                    n -= half
+                if side == 0:
+                    sid = id_of[base]
+                else:
+                    did = id_of[base]
+        slot = np.uint64(0)
+        w0 = (np.uint64(sid) << _S32) | np.uint64(did)
+        w1 = (
+            (np.uint64(fam) << _S40)
+            | (np.uint64(pr) << _S32)
+            | (np.uint64(c) << _S24)
+            | np.uint64(port_class[dp])
+        )
+        if cap > 0:
+            x = w0 ^ (w1 * _C1)
+            x ^= x >> _S33
+            x *= _C2
+            x ^= x >> _S33
+            slot = x & mask
+            while True:
+                v = cache_vals[slot]
+                if v == 0 or (cache_keys[slot, 0] == w0 and cache_keys[slot, 1] == w1):
+                    break
+                slot = (slot + _ONE) & mask
+            v = cache_vals[slot]
+            if v != 0:
+                out_ok[p] = (v & 1) == 1
+                out_rule[p] = (v >> 1) - 2
+                counters[0] += 1
+                continue
+
+        # -- the walk ----------------------------------------------------------------------
+        counters[1] += 1
+        mark = np.uint64(0)
+        depth = 0
+        chain = entry
+        op = chain_off[chain]
+        cand = -1  # position in ri_cand while visiting a run's candidates
+        cand_end = -1
+        verdict = True
+        decided = -1
+        while True:
+            if cand >= 0:
+                if cand >= cand_end:
+                    cand = -1
+                    op += 1
+                    continue
+                k = ri_code[cand]
+                cand += 1
+            else:
+                if op >= chain_off[chain + 1]:  # fell off the chain: an implicit RETURN
+                    if depth == 0:
+                        break
+                    depth -= 1
+                    chain = stack[depth, 0]
+                    op = stack[depth, 1]
+                    cand = stack[depth, 2]
+                    cand_end = stack[depth, 3]
+                    continue
+                if op_kind[op] == OP_RUN:
+                    u = op_code[op]
+                    ident = sid if run_dir[u] == 0 else did
+                    key = n_sets + u
+                    lo = _lower_bound(mem, mem_off[ident], mem_off[ident + 1], key)
+                    if lo < mem_off[ident + 1] and mem[lo, 0] == key:
+                        cand = mem[lo, 1]
+                        cand_end = mem[lo, 2]
+                        continue
+                    op += 1
+                    continue
+                k = op_code[op]
+                op += 1
+
+            # does the rule at code[k] match?
+            counters[3] += 1
+            rf = code[k + C_FAMILY]
+            matched = rf == 0 or rf == fam
+            j = k + C_HEADER
+            j_end = j + C_MATCH * code[k + C_NMATCH]
+            while matched and j < j_end:
+                kind = code[j]
+                if kind == M_SET:
+                    key = code[j + 2]
+                    ident = sid if code[j + 1] == 0 else did
+                    lo = _lower_bound(mem, mem_off[ident], mem_off[ident + 1], key)
+                    matched = lo < mem_off[ident + 1] and mem[lo, 0] == key
+                elif kind == M_PROTO:
+                    matched = pr == code[j + 2]
+                elif kind == M_PORT:
+                    matched = (pr == 6 or pr == 17 or pr == 132) and code[j + 3] <= dp <= code[
+                        j + 4
+                    ]
+                elif kind == M_CT:
+                    matched = (code[j + 2] >> c) & 1 == 1
+                elif kind == M_MARK:
+                    matched = (mark & np.uint64(code[j + 2])) == np.uint64(code[j + 3])
+                j += C_MATCH
+            if not matched:
+                continue
+
+            target = code[k + C_TARGET]
+            if target in (T_ACCEPT, T_DROP):
+                verdict = target == T_ACCEPT
+                decided = code[k + C_RULE]
+                break
+            if target == T_MARK:
+                mark = (mark & ~np.uint64(code[k + C_MARK_MASK])) ^ np.uint64(
+                    code[k + C_MARK_VALUE]
+                )
+            elif target == T_JUMP:
+                stack[depth, 0] = chain
+                stack[depth, 1] = op
+                stack[depth, 2] = cand
+                stack[depth, 3] = cand_end
+                depth += 1
+                chain = code[k + C_JUMP]
+                op = chain_off[chain]
+                cand = -1
+                cand_end = -1
+            elif target == T_RETURN:
+                if depth == 0:
+                    break
+                depth -= 1
+                chain = stack[depth, 0]
+                op = stack[depth, 1]
+                cand = stack[depth, 2]
+                cand_end = stack[depth, 3]
+
+        out_ok[p] = verdict
+        out_rule[p] = decided
+        if cap > 0:
+            if counters[2] * 2 >= cap:  # keep probe sequences short: start over, never fill up
+                cache_vals[:] = 0
+                counters[2] = 0
+                slot = w0 ^ (w1 * _C1)
+                slot ^= slot >> _S33
+                slot *= _C2
+                slot ^= slot >> _S33
+                slot &= mask
+            cache_keys[slot, 0] = w0
+            cache_keys[slot, 1] = w1
+            cache_vals[slot] = 2 * (decided + 2) + (1 if verdict else 0)
+            counters[2] += 1
