@@ -94,9 +94,8 @@ def replay(
             time.sleep(pause[n])
         now = time.monotonic()
         kernel_state = lab.send(side, pkt)
-        res = ct.lookup(PacketBatch.from_columns(**to_columns(pkt, now)), 0, now)
-        if res.state != CtState.INVALID:
-            ct.commit(res, now)  # r's FORWARD chain accepts everything
+        # r's FORWARD chain accepts everything: allowed, as if policy did
+        res = ct.step(PacketBatch.from_columns(**to_columns(pkt, now)), 0, allowed=True)
         where = f"step {n} ({pkt.summary()})"
         assert kernel_state == expected, f"{where}: kernel said {kernel_state.name}"
         assert res.state == kernel_state, f"{where}: emulator {res.state.name} ({res.reason})"
