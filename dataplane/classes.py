@@ -24,6 +24,7 @@ import numpy as np
 from .program import M_PORT, Program, split128
 
 _SPACE = {4: 1 << 32, 6: 1 << 128}
+WIDE_PIECES = 256  # pieces a key may span beyond 4 per interval before it stays unlisted
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Classes:
     # index, and then [c0, c1) is that run's candidate range in Program.ri_cand
     mem: np.ndarray
     port_class: np.ndarray  # int64 [65536]
+    listed: np.ndarray  # uint8 per membership key: 1 = in the lists, 0 = search by address
     identities: dict[int, int]  # family -> number of identities
 
     def arrays(self) -> tuple[np.ndarray, ...]:
@@ -50,6 +52,7 @@ class Classes:
             self.mem_off,
             self.mem,
             self.port_class,
+            self.listed,
         )
 
 
@@ -62,8 +65,10 @@ def build_classes(program: Program, seed: int = 0x6E70656D75) -> Classes:
     id_off = [0]
     identities: dict[int, int] = {}
     base = 0
+    wide = np.zeros(width_of(program), dtype=bool)
     for fam in (4, 6):
-        cut_list, local, fam_pairs = _family_classes(program, fam, rng, n_sets)
+        cut_list, local, fam_pairs, fam_wide = _family_classes(program, fam, rng, n_sets)
+        wide |= fam_wide
         starts.append(cut_list)
         ids.append(local + base)
         fam_pairs[:, 0] += base
@@ -85,55 +90,64 @@ def build_classes(program: Program, seed: int = 0x6E70656D75) -> Classes:
         mem_off=mem_off,
         mem=np.ascontiguousarray(table[:, 1:]),
         port_class=_port_classes(program),
+        listed=(~wide).astype(np.uint8),
         identities=identities,
     )
 
 
 def _family_classes(
     program: Program, family: int, rng: np.random.Generator, n_sets: int
-) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """(first address of each elementary piece, identity per piece, membership rows)."""
+) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """(first address of each elementary piece, identity per piece, membership rows, which
+    membership keys are too wide to list)."""
     space = _SPACE[family]
-    sets = program.set_intervals(family)
-    runs = _run_intervals(program, family)
-    cuts = {0}
-    for _, s_starts, s_ends in sets:
-        cuts.update(s_starts.tolist())
-        cuts.update(e + 1 for e in s_ends.tolist() if e + 1 < space)
-    ordered = sorted(cuts)
-    index = {c: i for i, c in enumerate(ordered)}
+    dtype = np.int64 if family == 4 else object  # IPv6 addresses stay Python ints
+    set_ids = np.flatnonzero(program.s_family == family)
+    lens = program.s_off[set_ids + 1] - program.s_off[set_ids]
+    rows = _ranges(program.s_off[set_ids], lens)
+    set_starts = _join(program.s_start_hi[rows], program.s_start_lo[rows], dtype)
+    set_ends = _join(program.s_end_hi[rows], program.s_end_lo[rows], dtype)
+    set_keys = np.repeat(set_ids, lens)
+    slot = 0 if family == 4 else 1
+    run_lo = program.run_off[slot:-1:2]
+    run_lens = program.run_off[slot + 1 :: 2] - run_lo
+    rrows = _ranges(run_lo, run_lens)
+    run_starts = _join(program.ri_start_hi[rrows], program.ri_start_lo[rrows], dtype)
+    run_ends = _join(program.ri_end_hi[rrows], program.ri_end_lo[rrows], dtype)
+    run_keys = n_sets + np.repeat(np.arange(len(run_lens)), run_lens)
+
+    ends_next = set_ends + 1
+    ordered = np.unique(
+        np.concatenate([np.array([0], dtype=dtype), set_starts, ends_next[ends_next < space]])
+    )
     n_pieces = len(ordered)
 
-    def piece_range(start: int, end: int) -> tuple[int, int]:
-        return index[start], (index[end + 1] if end + 1 < space else n_pieces)
+    def piece_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nxt = ends + 1
+        inside = nxt < space
+        b = np.full(len(ends), n_pieces, dtype=np.int64)
+        b[inside] = np.searchsorted(ordered, nxt[inside])
+        return np.searchsorted(ordered, starts).astype(np.int64), b
 
-    # every (set or run piece) as a range of elementary pieces, with its key and candidates
-    a_idx: list[int] = []
-    b_idx: list[int] = []
-    keys: list[int] = []
-    c0: list[int] = []
-    c1: list[int] = []
-    for s, s_starts, s_ends in sets:
-        for start, end in zip(s_starts.tolist(), s_ends.tolist(), strict=True):
-            a, b = piece_range(start, end)
-            a_idx.append(a)
-            b_idx.append(b)
-            keys.append(s)
-            c0.append(-1)
-            c1.append(-1)
-    n_set_rows = len(keys)
-    for u, start, end, lo, hi in runs:
-        a, b = piece_range(start, end)
-        a_idx.append(a)
-        b_idx.append(b)
-        keys.append(n_sets + u)
-        c0.append(lo)
-        c1.append(hi)
-    A = np.array(a_idx, dtype=np.int64)
-    B = np.array(b_idx, dtype=np.int64)
+    # every (set interval or run piece) as a range of elementary pieces, with key and candidates
+    sa, sb = piece_ranges(set_starts, set_ends)
+    ra, rb = piece_ranges(run_starts, run_ends)
+    A = np.concatenate([sa, ra])
+    B = np.concatenate([sb, rb])
+    n_set_rows = len(sa)
+    K = np.concatenate([set_keys, run_keys]).astype(np.int64)
+    c0 = np.concatenate([np.full(n_set_rows, -1, dtype=np.int64), program.ri_coff[rrows]])
+    c1 = np.concatenate([np.full(n_set_rows, -1, dtype=np.int64), program.ri_coff[rrows + 1]])
+    # A key whose intervals span many pieces (a wide CIDR over thousands of pods) would add a row
+    # to every identity it covers; such keys stay unlisted and the kernel searches their
+    # intervals by address instead.
+    span = np.bincount(K, weights=B - A, minlength=width_of(program))
+    count = np.bincount(K, minlength=width_of(program))
+    wide = span > 4 * count + WIDE_PIECES
+    keep = ~wide[K]
 
     # identities: the pieces' set signatures (sets only: run keys are sets already)
-    owner = np.array(keys[:n_set_rows], dtype=np.int64)
+    owner = K[:n_set_rows]
     r = rng.integers(0, 2**64, size=(max(n_sets, 1), 2), dtype=np.uint64)[owner]
     sig = []
     with np.errstate(over="ignore"):
@@ -146,12 +160,11 @@ def _family_classes(
     identity = identity.ravel().astype(np.int64)
 
     # membership rows: each range expanded to its pieces, then to identities, deduplicated
-    lengths = B - A
+    lengths = np.where(keep, B - A, 0)
     total = int(lengths.sum())
     row = np.repeat(np.arange(len(A)), lengths)
     piece = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths) + A[row]
-    K = np.array(keys, dtype=np.int64)
-    width = n_sets + len(program.run_dir) + 1
+    width = width_of(program)
     combined = identity[piece] * width + K[row]
     _, first = np.unique(combined, return_index=True)  # sorted by (identity, key)
     picked = row[first]
@@ -159,25 +172,33 @@ def _family_classes(
         [
             identity[piece[first]],
             K[picked],
-            np.array(c0, dtype=np.int64)[picked],
-            np.array(c1, dtype=np.int64)[picked],
+            c0[picked],
+            c1[picked],
         ],
         axis=1,
     )
-    return ordered, identity, table
+    return ordered.tolist(), identity, table, wide
 
 
-def _run_intervals(program: Program, family: int) -> list[tuple[int, int, int, int, int]]:
-    """(run, start, end, first candidate, end of candidates) for every piece of every run."""
-    out = []
-    slot = 0 if family == 4 else 1
-    for u in range(len(program.run_dir)):
-        a, b = int(program.run_off[2 * u + slot]), int(program.run_off[2 * u + slot + 1])
-        for i in range(a, b):
-            start = (int(program.ri_start_hi[i]) << 64) | int(program.ri_start_lo[i])
-            end = (int(program.ri_end_hi[i]) << 64) | int(program.ri_end_lo[i])
-            out.append((u, start, end, int(program.ri_coff[i]), int(program.ri_coff[i + 1])))
-    return out
+def _ranges(first: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices first[i] .. first[i] + lengths[i] - 1, for every i, concatenated."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    return (
+        np.repeat(np.asarray(first, dtype=np.int64) - (np.cumsum(lengths) - lengths), lengths)
+        + np.arange(total)
+    ).astype(np.int64)
+
+
+def _join(hi: np.ndarray, lo: np.ndarray, dtype: type) -> np.ndarray:
+    if dtype is np.int64:  # IPv4: the high word is 0
+        return lo.astype(np.int64)
+    return np.array([(int(h) << 64) | int(x) for h, x in zip(hi, lo, strict=True)], dtype=object)
+
+
+def width_of(program: Program) -> int:
+    """Membership keys: sets first, then runs."""
+    return len(program.s_family) + len(program.run_dir) + 1
 
 
 def _port_classes(program: Program) -> np.ndarray:

@@ -67,6 +67,26 @@ def _lower_bound(mem, first, last, key):
     return base + (1 if mem[base, 0] < key else 0)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _last_le(start_hi, start_lo, first, last, qhi, qlo):
+    """The last index in [first, last) whose start is <= q, or first - 1."""
+    lo = first
+    hi = last
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        h = start_hi[mid]
+        if h < qhi or (h == qhi and start_lo[mid] <= qlo):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _le(ahi, alo, bhi, blo):
+    return ahi < bhi or (ahi == bhi and alo <= blo)
+
+
 @njit(cache=True, nogil=True)
 def classify(
     prog,
@@ -89,8 +109,27 @@ def classify(
 ):
     """Fill out_ok / out_rule for every packet. ``cache_vals[i] == 0`` marks an empty slot; a
     value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules inspected by walks]."""
-    chain_off, op_kind, op_code, run_dir, ri_code, code = prog
-    id_off, id_start_hi, id_start_lo, id_of, mem_off, mem, port_class = classes
+    (
+        chain_off,
+        op_kind,
+        op_code,
+        run_dir,
+        ri_code,
+        code,
+        s_family,
+        s_off,
+        s_start_hi,
+        s_start_lo,
+        s_end_hi,
+        s_end_lo,
+        run_off,
+        ri_start_hi,
+        ri_start_lo,
+        ri_end_hi,
+        ri_end_lo,
+        ri_coff,
+    ) = prog
+    id_off, id_start_hi, id_start_lo, id_of, mem_off, mem, port_class, listed = classes
     no_identity = mem_off.shape[0] - 2
     stack = np.zeros((MAX_DEPTH, 4), dtype=np.int64)
     cap = cache_vals.shape[0]
@@ -181,13 +220,25 @@ def classify(
                     continue
                 if op_kind[op] == OP_RUN:
                     u = op_code[op]
-                    ident = sid if run_dir[u] == 0 else did
                     key = n_sets + u
-                    lo = _lower_bound(mem, mem_off[ident], mem_off[ident + 1], key)
-                    if lo < mem_off[ident + 1] and mem[lo, 0] == key:
-                        cand = mem[lo, 1]
-                        cand_end = mem[lo, 2]
-                        continue
+                    if listed[key]:
+                        ident = sid if run_dir[u] == 0 else did
+                        lo = _lower_bound(mem, mem_off[ident], mem_off[ident + 1], key)
+                        if lo < mem_off[ident + 1] and mem[lo, 0] == key:
+                            cand = mem[lo, 1]
+                            cand_end = mem[lo, 2]
+                            continue
+                    elif fam == 4 or fam == 6:  # a wide run: find its piece by address
+                        qhi = src_hi[p] if run_dir[u] == 0 else dst_hi[p]
+                        qlo = src_lo[p] if run_dir[u] == 0 else dst_lo[p]
+                        sl = 2 * u + (1 if fam == 6 else 0)
+                        i = _last_le(
+                            ri_start_hi, ri_start_lo, run_off[sl], run_off[sl + 1], qhi, qlo
+                        )
+                        if i >= run_off[sl] and _le(qhi, qlo, ri_end_hi[i], ri_end_lo[i]):
+                            cand = ri_coff[i]
+                            cand_end = ri_coff[i + 1]
+                            continue
                     op += 1
                     continue
                 k = op_code[op]
@@ -203,9 +254,17 @@ def classify(
                 kind = code[j]
                 if kind == M_SET:
                     key = code[j + 2]
-                    ident = sid if code[j + 1] == 0 else did
-                    lo = _lower_bound(mem, mem_off[ident], mem_off[ident + 1], key)
-                    matched = lo < mem_off[ident + 1] and mem[lo, 0] == key
+                    if listed[key]:
+                        ident = sid if code[j + 1] == 0 else did
+                        lo = _lower_bound(mem, mem_off[ident], mem_off[ident + 1], key)
+                        matched = lo < mem_off[ident + 1] and mem[lo, 0] == key
+                    elif s_family[key] != fam:
+                        matched = False
+                    else:  # a wide set: search its intervals by address
+                        qhi = src_hi[p] if code[j + 1] == 0 else dst_hi[p]
+                        qlo = src_lo[p] if code[j + 1] == 0 else dst_lo[p]
+                        i = _last_le(s_start_hi, s_start_lo, s_off[key], s_off[key + 1], qhi, qlo)
+                        matched = i >= s_off[key] and _le(qhi, qlo, s_end_hi[i], s_end_lo[i])
                 elif kind == M_PROTO:
                     matched = pr == code[j + 2]
                 elif kind == M_PORT:

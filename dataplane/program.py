@@ -58,6 +58,19 @@ _MASK64 = (1 << 64) - 1
 Interval = tuple[int, int]
 
 
+@dataclass
+class RunIndex:
+    """One family of one run: pieces [start, end] as (hi, lo) uint64 words, how many candidates
+    each has, and the candidates (rule indices) piece after piece."""
+
+    start_hi: np.ndarray
+    start_lo: np.ndarray
+    end_hi: np.ndarray
+    end_lo: np.ndarray
+    counts: np.ndarray
+    cand: np.ndarray
+
+
 def ipset_intervals(ipset: IPSet) -> list[Interval]:
     """The exact membership of an ipset as sorted disjoint [start, end] integer intervals."""
     if ipset.kind == "hash:ip":
@@ -119,8 +132,9 @@ class Program:
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """What the kernel walks, in the order it unpacks them: chain_off, op_kind, op_code
-        (code offset or run index), run_dir, ri_code (candidates as code offsets), code.
-        Addresses are resolved to identities before the walk (``dataplane.classes``)."""
+        (code offset or run index), run_dir, ri_code (candidates as code offsets), code, then
+        the sets' and runs' address intervals, searched for keys too wide to list per identity
+        (``dataplane.classes``)."""
         rule_ops = self.op_kind == OP_RULE
         op_code = self.op_arg.copy()
         op_code[rule_ops] = self.code_off[self.op_arg[rule_ops]]
@@ -131,6 +145,18 @@ class Program:
             self.run_dir,
             self.code_off[self.ri_cand] if len(self.ri_cand) else self.ri_cand,
             self.code,
+            self.s_family,
+            self.s_off,
+            self.s_start_hi,
+            self.s_start_lo,
+            self.s_end_hi,
+            self.s_end_lo,
+            self.run_off,
+            self.ri_start_hi,
+            self.ri_start_lo,
+            self.ri_end_hi,
+            self.ri_end_lo,
+            self.ri_coff,
         )
 
     def set_intervals(self, family: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -154,7 +180,20 @@ class _Builder:
         self.set_index: dict[str, int] = {}
         self.set_family: list[int] = []
         self.set_ivs: list[list[Interval]] = []
-        self.runs: list[tuple[int, dict[int, tuple[list[Interval], list[list[int]]]]]] = []
+        self.runs: list[tuple[int, dict[int, RunIndex]]] = []
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def set_arrays(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Set ``s``'s interval starts and ends: int64 for IPv4, Python ints (object) for IPv6."""
+        got = self._arrays.get(s)
+        if got is None:
+            dtype = np.int64 if self.set_family[s] == 4 else object
+            ivs = self.set_ivs[s]
+            got = self._arrays[s] = (
+                np.array([a for a, _ in ivs], dtype=dtype),
+                np.array([e for _, e in ivs], dtype=dtype),
+            )
+        return got
 
     def intern_set(self, key: str, family: int, intervals: list[Interval]) -> int:
         idx = self.set_index.get(key)
@@ -254,21 +293,25 @@ def compile_program(ruleset: Ruleset) -> Program:
 
     run_dir = np.array([d for d, _ in b.runs], dtype=np.uint8)
     run_off = [0]
-    ri_start: list[int] = []
-    ri_end: list[int] = []
-    ri_coff = [0]
-    ri_cand: list[int] = []
+    parts: list[RunIndex] = []
     for _, by_family in b.runs:
         for fam in (4, 6):
-            intervals, cands = by_family.get(fam, ([], []))
-            for (start, end), cand in zip(intervals, cands, strict=True):
-                ri_start.append(start)
-                ri_end.append(end)
-                ri_cand.extend(cand)
-                ri_coff.append(len(ri_cand))
-            run_off.append(len(ri_start))
-    ri_start_hi, ri_start_lo = split128(ri_start)
-    ri_end_hi, ri_end_lo = split128(ri_end)
+            idx = by_family.get(fam)
+            if idx is not None:
+                parts.append(idx)
+            run_off.append(run_off[-1] + (len(idx.counts) if idx is not None else 0))
+
+    def joined(name: str, dtype: type) -> np.ndarray:
+        return np.concatenate([getattr(x, name) for x in parts]) if parts else np.zeros(0, dtype)
+
+    ri_start_hi, ri_start_lo = joined("start_hi", np.uint64), joined("start_lo", np.uint64)
+    ri_end_hi, ri_end_lo = joined("end_hi", np.uint64), joined("end_lo", np.uint64)
+    counts = [x.counts for x in parts]
+    cands = [x.cand for x in parts]
+    ri_coff = np.zeros(len(ri_start_lo) + 1, dtype=np.int64)
+    if counts:
+        ri_coff[1:] = np.cumsum(np.concatenate(counts))
+    ri_cand = np.concatenate(cands) if cands else np.zeros(0, dtype=np.int64)
 
     n_match = np.diff(r_moff)
     code_off = C_HEADER * np.arange(len(rules), dtype=np.int64) + C_MATCH * r_moff[:-1]
@@ -321,8 +364,8 @@ def compile_program(ruleset: Ruleset) -> Program:
         ri_start_lo=ri_start_lo,
         ri_end_hi=ri_end_hi,
         ri_end_lo=ri_end_lo,
-        ri_coff=np.array(ri_coff, dtype=np.int64),
-        ri_cand=np.array(ri_cand, dtype=np.int64),
+        ri_coff=ri_coff,
+        ri_cand=ri_cand.astype(np.int64),
         code=code,
         code_off=code_off,
     )
@@ -381,41 +424,38 @@ def _emit_sequence(
 
 def _index_run(
     b: _Builder, keys: list[tuple[int, int] | None], seq: list[int]
-) -> tuple[int, dict[int, tuple[list[Interval], list[list[int]]]]] | None:
+) -> tuple[int, dict[int, RunIndex]] | None:
     """Cut the address space by the keys of ``seq``; each piece lists the rules covering it."""
     direction = keys[seq[0]][0]  # type: ignore[index]
-    by_family: dict[int, tuple[list[Interval], list[list[int]]]] = {}
-    total_intervals = 0
+    by_family: dict[int, RunIndex] = {}
     for fam in (4, 6):
-        items = [
-            (start, end, k)
-            for k in seq
-            if b.set_family[keys[k][1]] == fam  # type: ignore[index]
-            for start, end in b.set_ivs[keys[k][1]]  # type: ignore[index]
-        ]
-        if not items:
+        ks = [k for k in seq if b.set_family[keys[k][1]] == fam]  # type: ignore[index]
+        if not ks:
             continue
-        total_intervals += len(items)
-        cuts = sorted({s for s, _, _ in items} | {e + 1 for _, e, _ in items})
-        # coverage counts per elementary piece, to refuse runs whose lists would explode
-        pos = {c: i for i, c in enumerate(cuts)}
-        diff = np.zeros(len(cuts) + 1, dtype=np.int64)
-        for s, e, _ in items:
-            diff[pos[s]] += 1
-            diff[pos[e + 1]] -= 1
-        cover = np.cumsum(diff)[:-1]
-        if int(cover.sum()) > 4 * len(items) + 4096:
-            return None
-        lists: list[list[int]] = [[] for _ in cuts]
-        for s, e, k in sorted(items, key=lambda t: t[2]):
-            for i in range(pos[s], pos[e + 1]):
-                lists[i].append(k)
-        intervals: list[Interval] = []
-        cands: list[list[int]] = []
-        for i in range(len(cuts) - 1):
-            if lists[i]:
-                # rules listed once each even when two of a rule's intervals touch this piece
-                intervals.append((cuts[i], cuts[i + 1] - 1))
-                cands.append(sorted(set(lists[i])))
-        by_family[fam] = (intervals, cands)
+        arrays = [b.set_arrays(keys[k][1]) for k in ks]  # type: ignore[index]
+        starts = np.concatenate([st for st, _ in arrays])
+        ends = np.concatenate([en for _, en in arrays])
+        rule = np.repeat(np.array(ks, dtype=np.int64), [len(st) for st, _ in arrays])
+        cuts = np.unique(np.concatenate([starts, ends + 1]))
+        first = np.searchsorted(cuts, starts)
+        lengths = np.searchsorted(cuts, ends + 1) - first
+        if int(lengths.sum()) > 4 * len(starts) + 4096:
+            return None  # wide keys over many narrow ones: the lists would explode
+        piece = np.repeat(first - (np.cumsum(lengths) - lengths), lengths) + np.arange(
+            int(lengths.sum())
+        )
+        rule = np.repeat(rule, lengths)
+        order = np.lexsort((rule, piece))
+        piece, rule = piece[order], rule[order]
+        fresh = np.ones(len(piece), dtype=bool)  # a rule once per piece
+        fresh[1:] = (piece[1:] != piece[:-1]) | (rule[1:] != rule[:-1])
+        piece, rule = piece[fresh], rule[fresh]
+        pieces, counts = np.unique(piece, return_counts=True)
+        first_addr, last_addr = cuts[pieces], cuts[pieces + 1] - 1
+        if fam == 4:
+            zero = np.zeros(len(pieces), dtype=np.uint64)
+            words = (zero, first_addr.astype(np.uint64), zero, last_addr.astype(np.uint64))
+        else:
+            words = (*split128(first_addr.tolist()), *split128(last_addr.tolist()))
+        by_family[fam] = RunIndex(*words, counts, rule)
     return direction, by_family

@@ -22,8 +22,10 @@ import numpy as np
 
 from compiler.tables import Ruleset
 
+from .conntrack import REASON_TEXT as CT_REASON_TEXT
 from .conntrack import Conntrack, CtState
 from .engine import Engine
+from .flowtable import FlowTable
 from .packets import FRAGMENT, MALFORMED, NOT_IP, OK, PROTO_NAMES, PacketBatch, pair_to_ip
 
 CT_LABELS = {int(s): s.name.lower() for s in CtState}
@@ -40,6 +42,24 @@ class FlowStats:
     key: tuple = ()  # the 5-tuple in the direction of the flow's first packet
 
 
+class ReasonTable:
+    """Reason strings, interned: packets carry a code, text is made only when asked for."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def code(self, text: str) -> int:
+        code = self._codes.get(text)
+        if code is None:
+            code = self._codes[text] = len(self.texts)
+            self.texts.append(text)
+        return code
+
+    def text(self, codes: np.ndarray) -> np.ndarray:
+        return np.array(self.texts, dtype=object)[codes] if len(codes) else np.empty(0, object)
+
+
 @dataclass
 class ChunkVerdicts:
     """The decisions for one chunk, in capture order."""
@@ -47,7 +67,16 @@ class ChunkVerdicts:
     batch: PacketBatch
     allowed: np.ndarray  # bool
     ct: np.ndarray  # uint8 CtState
-    reasons: np.ndarray  # object array of str
+    reason_code: np.ndarray  # int64 codes into ``reason_table``
+    reason_table: ReasonTable
+
+    @property
+    def reasons(self) -> np.ndarray:
+        """One reason string per packet (an object array, built on first use)."""
+        cached = self.__dict__.get("_reasons")
+        if cached is None:
+            cached = self.__dict__["_reasons"] = self.reason_table.text(self.reason_code)
+        return cached
 
 
 @dataclass
@@ -57,6 +86,8 @@ class ReplaySummary:
     dropped: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)
     flows: dict[tuple, FlowStats] = field(default_factory=dict)
+    table: FlowTable = field(default_factory=FlowTable.empty)
+    reason_table: ReasonTable | None = None
 
     def to_dict(self, max_flows: int | None = None) -> dict[str, Any]:
         flows = sorted(self.flows.items(), key=lambda kv: kv[1].first_index)
@@ -71,9 +102,28 @@ class ReplaySummary:
         }
 
     def finish(self) -> None:
-        """After the last chunk: key flows by their first packet's direction (during the replay
-        they are keyed direction-independently so that replies join their flow)."""
-        self.flows = {st.key: st for st in self.flows.values()}
+        """After the last chunk: the flow rows, keyed by their first packet's direction."""
+        t = self.table
+        n = t.used
+        texts = self.reason_table.texts if self.reason_table is not None else []
+        first = t.first[:n].tolist()
+        index = t.first_index[:n].tolist()
+        ts = t.first_ts[:n].tolist()
+        reason = t.first_reason[:n].tolist()
+        packets = t.packets[:n].tolist()
+        allowed = t.allowed[:n].tolist()
+        self.flows = {
+            tuple(first[f]): FlowStats(
+                index[f],
+                ts[f],
+                packets=packets[f],
+                allowed=allowed[f],
+                dropped=packets[f] - allowed[f],
+                first_reason=texts[reason[f]] if texts else "",
+                key=tuple(first[f]),
+            )
+            for f in range(n)
+        }
 
     def top_denied(self, n: int = 10) -> list[tuple[tuple, FlowStats]]:
         denied = [(k, st) for k, st in self.flows.items() if st.dropped]
@@ -104,49 +154,78 @@ class Replayer:
         self.ruleset = ruleset
         self.engine = Engine(ruleset)
         self.conntrack = conntrack if conntrack is not None else Conntrack()
+        self.reason_table = ReasonTable()
+        rt = self.reason_table
+        self._fixed = {
+            name: rt.code(name)
+            for name in ("not ip", "malformed", "fragment", "established", "related")
+        }
+        self._fragment_codes = (
+            rt.code("fragment: follows its datagram"),
+            rt.code("fragment: first fragment not seen"),
+        )
+        # conntrack's reason codes -> ours, for INVALID packets
+        self._invalid = np.array(
+            [rt.code(f"invalid: {t}" if t else "invalid") for t in CT_REASON_TEXT], dtype=np.int64
+        )
+        self._allowed_code = {
+            state: rt.code(f"{CT_LABELS[state]}: allowed by policy")
+            for state in (CtState.NEW, CtState.UNTRACKED)
+        }
+        self._decided_code: dict[tuple[int, int], int] = {}  # (state, deciding rule) -> code
         self._fragments: dict[tuple, bool] = {}
 
     def decide(self, batch: PacketBatch) -> ChunkVerdicts:
         allowed_if_new, decider = self.engine.evaluate_explained(batch, "NEW")
-        allowed, ct, ct_reasons = self.conntrack.run(batch, allowed_if_new)
+        allowed, ct, ct_reason = self.conntrack.run(batch, allowed_if_new)
         allowed = np.asarray(allowed, dtype=bool).copy()
         ct = np.asarray(ct, dtype=np.uint8)
-        reasons = self._reasons(batch, allowed, ct, ct_reasons, decider)
-        self._follow_fragments(batch, allowed, reasons)
-        return ChunkVerdicts(batch, allowed, ct, reasons)
+        codes = self._reasons(batch, allowed, ct, np.asarray(ct_reason), decider)
+        self._follow_fragments(batch, allowed, codes)
+        return ChunkVerdicts(batch, allowed, ct, codes, self.reason_table)
 
     def _reasons(
         self,
         batch: PacketBatch,
         allowed: np.ndarray,
         ct: np.ndarray,
-        ct_reasons: Any,
+        ct_reason: np.ndarray,
         decider: np.ndarray,
     ) -> np.ndarray:
-        """One reason string per packet (an object array), assigned by groups, not per packet."""
-        reasons = np.empty(len(batch), dtype=object)
+        """A reason code per packet, assigned by masks over the chunk, never per packet."""
+        codes = np.zeros(len(batch), dtype=np.int64)
         status = batch.status
-        reasons[status == NOT_IP] = "not ip"
-        reasons[status == MALFORMED] = "malformed"
-        reasons[status == FRAGMENT] = "fragment"
+        codes[status == NOT_IP] = self._fixed["not ip"]
+        codes[status == MALFORMED] = self._fixed["malformed"]
+        codes[status == FRAGMENT] = self._fixed["fragment"]
         ok = status == OK
-        for state in (CtState.ESTABLISHED, CtState.RELATED):
-            reasons[ok & (ct == state)] = CT_LABELS[state]
-        for i in np.flatnonzero(ok & (ct == CtState.INVALID)):
-            detail = str(ct_reasons[i]) if ct_reasons is not None else ""
-            reasons[i] = f"invalid: {detail}" if detail else "invalid"
+        codes[ok & (ct == CtState.ESTABLISHED)] = self._fixed["established"]
+        codes[ok & (ct == CtState.RELATED)] = self._fixed["related"]
+        invalid = ok & (ct == CtState.INVALID)
+        if invalid.any():
+            codes[invalid] = self._invalid[ct_reason[invalid].astype(np.int64)]
         for state in (CtState.NEW, CtState.UNTRACKED):
             fresh = ok & (ct == state)
-            reasons[fresh & allowed] = f"{CT_LABELS[state]}: allowed by policy"
-            denied = np.flatnonzero(fresh & ~allowed)
-            for rule_index in np.unique(decider[denied]):
-                comment = self.engine.rules[rule_index][2].comment if rule_index >= 0 else "denied"
-                reasons[denied[decider[denied] == rule_index]] = f"{CT_LABELS[state]}: {comment}"
-        return reasons
+            # a fall-through is "allowed by policy"; a rule that decided (an ACCEPT such as the
+            # node exemption, or a DROP) is named by its comment
+            codes[fresh & allowed] = self._allowed_code[state]
+            named = np.flatnonzero(fresh & ((decider >= 0) | ~allowed))
+            if not len(named):
+                continue
+            rules, inverse = np.unique(decider[named], return_inverse=True)
+            per_rule = np.array([self._decided(int(state), int(k)) for k in rules], dtype=np.int64)
+            codes[named] = per_rule[inverse.ravel()]
+        return codes
 
-    def _follow_fragments(
-        self, batch: PacketBatch, allowed: np.ndarray, reasons: list[str]
-    ) -> None:
+    def _decided(self, state: int, rule_index: int) -> int:
+        code = self._decided_code.get((state, rule_index))
+        if code is None:
+            comment = self.engine.rules[rule_index][2].comment if rule_index >= 0 else "denied"
+            code = self.reason_table.code(f"{CT_LABELS[state]}: {comment}")
+            self._decided_code[(state, rule_index)] = code
+        return code
+
+    def _follow_fragments(self, batch: PacketBatch, allowed: np.ndarray, codes: np.ndarray) -> None:
         firsts = (batch.status == OK) & batch.frag_more & (batch.frag_offset == 0)
         rows = np.flatnonzero(firsts | (batch.status == FRAGMENT))
         for i in rows:
@@ -165,73 +244,28 @@ class Replayer:
                 continue
             verdict = self._fragments.get(key)
             allowed[i] = bool(verdict)
-            reasons[i] = (
-                "fragment: follows its datagram"
-                if verdict is not None
-                else "fragment: first fragment not seen"
-            )
-
-
-def flow_keys(batch: PacketBatch) -> np.ndarray:
-    """Direction-independent flow key rows (the first packet's direction is kept per flow)."""
-    a = np.stack([batch.src_hi, batch.src_lo, batch.sport.astype(np.uint64)], axis=1)
-    b = np.stack([batch.dst_hi, batch.dst_lo, batch.dport.astype(np.uint64)], axis=1)
-    a_first = (a[:, 0] < b[:, 0]) | (
-        (a[:, 0] == b[:, 0]) & ((a[:, 1] < b[:, 1]) | ((a[:, 1] == b[:, 1]) & (a[:, 2] <= b[:, 2])))
-    )
-    lo = np.where(a_first[:, None], a, b)
-    hi = np.where(a_first[:, None], b, a)
-    return np.concatenate(
-        [batch.family.astype(np.uint64)[:, None], lo, hi, batch.proto.astype(np.uint64)[:, None]],
-        axis=1,
-    )
+            codes[i] = self._fragment_codes[0 if verdict is not None else 1]
 
 
 def accumulate(summary: ReplaySummary, v: ChunkVerdicts) -> None:
-    """Add one chunk's verdicts to the totals, reasons and per-flow rows."""
+    """Add one chunk's verdicts to the totals, reasons and per-flow counters."""
     n = len(v.batch)
     summary.packets += n
     n_allowed = int(v.allowed.sum())
     summary.allowed += n_allowed
     summary.dropped += n - n_allowed
-    if n:
-        labels = np.where(v.allowed, "allow: ", "drop: ").astype(object) + v.reasons
-        for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
-            summary.by_reason[label] += int(count)
-    ip = (v.batch.status == OK) | (v.batch.status == FRAGMENT)
-    if not ip.any():
+    summary.reason_table = v.reason_table
+    if not n:
         return
-    keys = flow_keys(v.batch)
-    idx = np.flatnonzero(ip)
-    uniq, first, inverse = np.unique(keys[idx], axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.ravel()
-    counts = np.bincount(inverse, minlength=len(uniq))
-    allowed_counts = np.bincount(inverse, weights=v.allowed[idx], minlength=len(uniq)).astype(
-        np.int64
-    )
-    b = v.batch
-    for u in range(len(uniq)):
-        row = idx[first[u]]
-        canon = tuple(int(x) for x in uniq[u])
-        st = summary.flows.get(canon)
-        if st is None:
-            key = (
-                int(b.family[row]),
-                int(b.src_hi[row]),
-                int(b.src_lo[row]),
-                int(b.dst_hi[row]),
-                int(b.dst_lo[row]),
-                int(b.proto[row]),
-                int(b.sport[row]),
-                int(b.dport[row]),
-            )
-            st = FlowStats(
-                int(b.index[row]), float(b.ts[row]), first_reason=v.reasons[row], key=key
-            )
-            summary.flows[canon] = st
-        st.packets += int(counts[u])
-        st.allowed += int(allowed_counts[u])
-        st.dropped += int(counts[u] - allowed_counts[u])
+    counts = np.bincount(v.reason_code * 2 + v.allowed, minlength=2 * len(v.reason_table.texts))
+    texts = v.reason_table.texts
+    labelled = [
+        (("allow: " if slot & 1 else "drop: ") + texts[slot >> 1], int(counts[slot]))
+        for slot in np.flatnonzero(counts)
+    ]
+    for label, count in sorted(labelled):  # sorted: ties keep a stable order in most_common()
+        summary.by_reason[label] += count
+    summary.table.add(v.batch, v.allowed, v.reason_code)
 
 
 def replay(

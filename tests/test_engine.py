@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -165,13 +166,21 @@ def _scan_cluster() -> Cluster:
     return Cluster(pods=pods, nodes=nodes, policies=policies)
 
 
-def test_engine_indexes_dispatch_runs_and_survives_cache_turnover() -> None:
+@pytest.mark.parametrize("wide", [False, True], ids=["listed", "searched-by-address"])
+def test_engine_indexes_dispatch_runs_and_survives_cache_turnover(
+    wide: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Runs are built for the long address-keyed sequences, and a tiny cache that is reset many
-    times over still gives the walker's verdicts."""
+    times over still gives the walker's verdicts — with sets and runs in the identities'
+    membership lists, and with all of them searched by address (the path for wide CIDRs)."""
+    from dataplane import classes
     from dataplane.program import OP_RUN
 
+    if wide:
+        monkeypatch.setattr(classes, "WIDE_PIECES", -(10**9))
     rs = lower(_scan_cluster())
     engine = Engine(rs, cache_size=8)
+    assert bool(engine.classes.listed[:-1].any()) != wide
     assert (engine.program.op_kind == OP_RUN).sum() >= 2  # the egress and ingress dispatch
     rng = np.random.default_rng(7)
     addrs = [f"10.0.{i // 200}.{i % 200 + 1}" for i in range(600)] + [

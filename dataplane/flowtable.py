@@ -1,0 +1,173 @@
+"""Per-flow counters for a replay: an open-addressing hash table in numpy arrays, fed by numba.
+
+A flow is keyed direction-free (the lower (address, port) end first), so a reply counts with the
+connection it answers; ICMP packets use their echo identifier as both ports, so two pings between
+the same pair in opposite directions stay two flows; the first packet seen fixes the flow's direction, index, time and reason.
+The table grows by doubling before a chunk could overfill it, so a chunk is one kernel call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from .packets import FRAGMENT, OK, PacketBatch
+
+_C1 = np.uint64(0x9E3779B97F4A7C15)
+_C2 = np.uint64(0xFF51AFD7ED558CCD)
+_S33 = np.uint64(33)
+_ONE = np.uint64(1)
+KEY_WORDS = 8  # family, proto, low (hi, lo, port), high (hi, lo, port)
+FIRST_WORDS = 8  # family, src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport
+
+
+@njit(cache=True, nogil=True)
+def _hash(key):
+    x = np.uint64(0)
+    for w in range(key.shape[0]):
+        x = (x ^ key[w]) * _C1
+        x ^= x >> _S33
+    x *= _C2
+    x ^= x >> _S33
+    return x
+
+
+@njit(cache=True, nogil=True)
+def _insert_slot(slots, keys, key, mask):
+    """The slot holding ``key``, or the empty slot where it belongs (slots[s] == -1)."""
+    s = _hash(key) & mask
+    while True:
+        f = slots[s]
+        if f < 0:
+            return s
+        same = True
+        for w in range(KEY_WORDS):
+            if keys[f, w] != key[w]:
+                same = False
+                break
+        if same:
+            return s
+        s = (s + _ONE) & mask
+
+
+@njit(cache=True, nogil=True)
+def _rehash(slots, keys, used):
+    mask = np.uint64(slots.shape[0] - 1)
+    for f in range(used):
+        slots[_insert_slot(slots, keys, keys[f], mask)] = f
+
+
+@njit(cache=True, nogil=True)
+def _accumulate(
+    slots, keys, first, first_index, first_ts, first_reason, packets, allowed_n, used,
+    status, family, src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport, icmp_id, index, ts,
+    allowed, reason,
+):  # fmt: skip
+    mask = np.uint64(slots.shape[0] - 1)
+    key = np.zeros(KEY_WORDS, dtype=np.uint64)
+    for p in range(status.shape[0]):
+        if status[p] != OK and status[p] != FRAGMENT:
+            continue
+        a_hi, a_lo, a_port = src_hi[p], src_lo[p], np.uint64(sport[p])
+        b_hi, b_lo, b_port = dst_hi[p], dst_lo[p], np.uint64(dport[p])
+        if proto[p] == 1 or proto[p] == 58:  # ICMP: an echo exchange is keyed by its identifier
+            a_port = np.uint64(icmp_id[p])
+            b_port = a_port
+        a_first = a_hi < b_hi or (
+            a_hi == b_hi and (a_lo < b_lo or (a_lo == b_lo and a_port <= b_port))
+        )
+        key[0] = np.uint64(family[p])
+        key[1] = np.uint64(proto[p])
+        if a_first:
+            key[2], key[3], key[4], key[5], key[6], key[7] = a_hi, a_lo, a_port, b_hi, b_lo, b_port
+        else:
+            key[2], key[3], key[4], key[5], key[6], key[7] = b_hi, b_lo, b_port, a_hi, a_lo, a_port
+        s = _insert_slot(slots, keys, key, mask)
+        f = slots[s]
+        if f < 0:
+            f = used
+            used += 1
+            slots[s] = f
+            keys[f, :] = key
+            first[f, 0] = np.uint64(family[p])
+            first[f, 1] = src_hi[p]
+            first[f, 2] = src_lo[p]
+            first[f, 3] = dst_hi[p]
+            first[f, 4] = dst_lo[p]
+            first[f, 5] = np.uint64(proto[p])
+            first[f, 6] = np.uint64(sport[p])
+            first[f, 7] = np.uint64(dport[p])
+            first_index[f] = index[p]
+            first_ts[f] = ts[p]
+            first_reason[f] = reason[p]
+        packets[f] += 1
+        if allowed[p]:
+            allowed_n[f] += 1
+    return used
+
+
+@dataclass
+class FlowTable:
+    """Flows seen so far; ``rows()`` lists them as (first-direction key, counters)."""
+
+    slots: np.ndarray
+    keys: np.ndarray
+    first: np.ndarray
+    first_index: np.ndarray
+    first_ts: np.ndarray
+    first_reason: np.ndarray
+    packets: np.ndarray
+    allowed: np.ndarray
+    used: int = 0
+
+    @classmethod
+    def empty(cls, capacity: int = 1024) -> FlowTable:
+        return cls(
+            slots=np.full(2 * capacity, -1, dtype=np.int64),
+            keys=np.zeros((capacity, KEY_WORDS), dtype=np.uint64),
+            first=np.zeros((capacity, FIRST_WORDS), dtype=np.uint64),
+            first_index=np.zeros(capacity, dtype=np.int64),
+            first_ts=np.zeros(capacity, dtype=np.float64),
+            first_reason=np.zeros(capacity, dtype=np.int64),
+            packets=np.zeros(capacity, dtype=np.int64),
+            allowed=np.zeros(capacity, dtype=np.int64),
+        )
+
+    def _reserve(self, more: int) -> None:
+        need = self.used + more
+        capacity = len(self.first_index)
+        if need <= capacity:
+            return
+        while capacity < need:
+            capacity *= 2
+        for name in ("keys", "first", "first_index", "first_ts", "first_reason", "packets"):
+            old = getattr(self, name)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            new[: self.used] = old[: self.used]
+            setattr(self, name, new)
+        allowed = np.zeros(capacity, dtype=np.int64)
+        allowed[: self.used] = self.allowed[: self.used]
+        self.allowed = allowed
+        self.slots = np.full(2 * capacity, -1, dtype=np.int64)  # load stays <= 1/2
+        with np.errstate(over="ignore"):  # hashing wraps on purpose (matters only unjitted)
+            _rehash(self.slots, self.keys, self.used)
+
+    def add(self, batch: PacketBatch, allowed: np.ndarray, reason: np.ndarray) -> None:
+        """Count one chunk's IP packets (``reason``: a code per packet, kept for first packets)."""
+        self._reserve(len(batch))
+        with np.errstate(over="ignore"):
+            self.used = self._add(batch, allowed, reason)
+
+    def _add(self, batch: PacketBatch, allowed: np.ndarray, reason: np.ndarray) -> int:
+        return int(
+            _accumulate(
+                self.slots, self.keys, self.first, self.first_index, self.first_ts,
+                self.first_reason, self.packets, self.allowed, self.used, batch.status,
+                batch.family, batch.src_hi, batch.src_lo, batch.dst_hi, batch.dst_lo, batch.proto,
+                batch.sport, batch.dport, batch.icmp_id, batch.index, batch.ts,
+                np.ascontiguousarray(allowed, dtype=np.bool_),
+                np.ascontiguousarray(reason, dtype=np.int64),
+            )
+        )  # fmt: skip
