@@ -287,14 +287,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect_plan(specs: Sequence[Sequence[str]] | None) -> list[tuple[str, str, int, str]]:
+    """``--connect FROM TO PORT`` triples; PORT is 80, 80/TCP, 53/UDP, 9000/SCTP or ICMP."""
+    if not specs:
+        raise InputError("generate connections needs at least one --connect FROM TO PORT")
+    return [
+        (src, dst, *((0, "ICMP") if port.upper() == "ICMP" else _ports([port])[0]))
+        for src, dst, port in specs
+    ]
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .capture import write_scapy
-    from .flows import SCENARIOS
+    from .flows import SCENARIOS, connections
 
     cluster = _load(args)
-    packets = SCENARIOS[args.scenario](
-        cluster, seed=args.seed, ports=_ports(args.port), externals=args.endpoint or []
-    )
+    if args.scenario == "connections":
+        try:
+            packets = connections(cluster, _connect_plan(args.connect), seed=args.seed)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    else:
+        if args.connect:
+            raise InputError("--connect is for the connections scenario")
+        packets = SCENARIOS[args.scenario](
+            cluster, seed=args.seed, ports=_ports(args.port), externals=args.endpoint or []
+        )
     if not packets:
         raise InputError(f"scenario {args.scenario!r} made no packets from these manifests")
     n = write_scapy(args.output, packets)
@@ -373,7 +391,21 @@ def cmd_lab(args: argparse.Namespace) -> int:
         return 0
     if not args.files:
         raise InputError(f"lab {args.action} needs -f MANIFESTS")
+    if (args.capture is None) == (args.action == "replay"):
+        raise InputError(
+            "lab replay needs a CAPTURE"
+            if args.action == "replay"
+            else f"lab {args.action} takes no CAPTURE (did you mean lab replay?)"
+        )
+    if args.output == "jsonl" and args.action != "replay":
+        raise InputError("-o jsonl is for lab replay")
     cluster = _load(args)
+    if args.action == "replay":
+        if args.capture == "-":
+            raise InputError("lab replay reads CAPTURE twice: give a file, not -")
+        _open_capture(args.capture).close()  # a bad capture is bad input, root or not
+        _lab_guard()
+        return _lab_replay(args, cluster)
     _lab_guard()
     if args.action == "verify":
         from .netns.verify import verify
@@ -417,6 +449,83 @@ def cmd_lab(args: argparse.Namespace) -> int:
         )
         signal.pause()
     return 0
+
+
+def _lab_replay(args: argparse.Namespace, cluster: Any) -> int:
+    """`lab replay`: rows stream out as the kernel's verdicts come in (capture order)."""
+    import json as jsonlib
+
+    from .capture import CaptureError
+    from .netns.lab_replay import lab_replay
+    from .netns.topology import LabError
+
+    if args.settle <= 0 or args.max_externals < 0:
+        raise InputError("--settle must be > 0 and --max-externals >= 0")
+    out = sys.stdout
+    rows: list[Any] = []  # -o json only: the document is written at the end
+    rows_disagree: list[Any] = []
+    tty = sys.stderr.isatty()
+    if args.output == "table":
+        out.write(
+            f"{'index':>6}  {'from':<22} {'to':<22} {'proto':<6} {'npemu':<5}  {'kernel':<6}  "
+            "agree  npemu's reason / note\n"
+        )
+
+    def on_row(row: Any) -> None:
+        if args.output == "jsonl":
+            out.write(jsonlib.dumps(row.to_dict()) + "\n")
+        elif args.output == "json":
+            rows.append(row)
+        else:
+            ports = row.protocol in ("TCP", "UDP", "SCTP")
+            src = f"{row.src}:{row.sport}" if ports else row.src
+            dst = f"{row.dst}:{row.dport}" if ports else row.dst
+            agree = {True: "yes", False: "NO", None: "-"}[row.agree]
+            note = row.reason + (f" [{row.detail}]" if row.detail else "")
+            out.write(
+                f"{row.index:>6}  {src:<22} {dst:<22} {row.protocol:<6} {row.emulator:<5}  "
+                f"{row.kernel:<6}  {agree:<5}  {note}\n"
+            )
+        if row.agree is False:
+            rows_disagree.append(row)
+
+    def on_progress(done: int, total: int) -> None:
+        if tty:
+            print(f"\rnpemu: lab replay: {done}/{total} packets", end="", file=sys.stderr)
+
+    try:
+        summary = lab_replay(
+            args.capture,
+            cluster,
+            backend=args.backend,
+            externals=args.endpoint or [],
+            max_externals=args.max_externals,
+            settle=args.settle,
+            realtime=args.realtime,
+            on_row=on_row,
+            on_progress=on_progress,
+        )
+    except (CaptureError, LabError) as e:
+        raise InputError(str(e)) from None
+    finally:
+        if tty:
+            print("\r\033[K", end="", file=sys.stderr)
+    if args.output == "json":
+        results = [r.to_dict() for r in rows]
+        doc = {"agree": summary.ok, "summary": summary.to_dict(), "results": results}
+        out.write(jsonlib.dumps(doc, indent=2) + "\n")
+    elif args.output == "table":
+        out.write(summary.line() + "\n")
+        for r in rows_disagree[:20]:
+            out.write(
+                f"  DISAGREE #{r.index} {r.src} -> {r.dst} {r.protocol}: npemu {r.emulator} "
+                f"({r.reason}), kernel {r.kernel}\n"
+            )
+    else:
+        print(f"npemu: {summary.line()}", file=sys.stderr)
+    for warning in summary.warnings:
+        print(f"npemu: warning: {warning}", file=sys.stderr)
+    return 0 if summary.ok else 1
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -515,12 +624,17 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="write a scenario's Scapy-built traffic to a pcap",
         description="Scenarios: all-pairs (every pod to every pod on --port), random, "
-        "port-scan, syn-flood, three-tier. Deterministic for a --seed.",
-        epilog="example: npemu generate all-pairs -f examples/three-tier --port 80 -o all.pcap",
+        "port-scan, syn-flood, three-tier, connections (the --connect list, in order). "
+        "Deterministic for a --seed.",
+        epilog="examples:\n"
+        "  npemu generate all-pairs -f examples/three-tier --port 80 -o all.pcap\n"
+        "  npemu generate connections -f examples/three-tier -o two.pcap \\\n"
+        "      --connect prod/web prod/api 5000 --connect 10.0.0.11 prod/web ICMP",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "scenario", choices=["all-pairs", "random", "port-scan", "syn-flood", "three-tier"]
+        "scenario",
+        choices=["all-pairs", "random", "port-scan", "syn-flood", "three-tier", "connections"],
     )
     _manifest_args(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE.pcap")
@@ -530,6 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--endpoint", action="append", metavar="IP", help="external endpoints to include"
+    )
+    p.add_argument(
+        "--connect",
+        action="append",
+        nargs=3,
+        metavar=("FROM", "TO", "PORT"),
+        help="for connections: one attempt from FROM to TO (namespace/pod or IP) on PORT "
+        "(80, 53/UDP, 9000/SCTP, or ICMP for a ping); repeatable, sent in order",
     )
     p.set_defaults(func=cmd_generate)
 
@@ -548,12 +670,19 @@ def build_parser() -> argparse.ArgumentParser:
         "each node's FORWARD path, print how to enter each pod, and hold "
         "until Ctrl-C. verify: build, probe every cell for real, compare "
         "with `npemu matrix`, tear down; exit 0 iff kernel and emulator "
-        "agree. down: remove namespaces left by earlier runs.",
-        epilog="example: sudo npemu lab verify -f examples/three-tier --port 80 --port 3306 "
-        "--endpoint 192.168.5.10",
+        "agree. replay: build, inject CAPTURE's packets (each from its source's "
+        "namespace, in capture order), read which arrive, compare per packet with "
+        "`npemu replay`, tear down; exit 0 iff every injected packet agrees. "
+        "down: remove namespaces left by earlier runs.",
+        epilog="examples:\n"
+        "  sudo npemu lab verify -f examples/three-tier --port 80 --port 3306 "
+        "--endpoint 192.168.5.10\n"
+        "  sudo npemu lab replay examples/three-tier/traffic.pcap -f examples/three-tier\n"
+        "  sudo npemu lab replay big.pcap -f manifests/ --backend nft -o jsonl > verdicts.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("action", choices=["up", "verify", "down"])
+    p.add_argument("action", choices=["up", "verify", "replay", "down"])
+    p.add_argument("capture", nargs="?", metavar="CAPTURE", help="pcap or pcapng (replay only)")
     p.add_argument(
         "-f",
         "--filename",
@@ -572,7 +701,35 @@ def build_parser() -> argparse.ArgumentParser:
         default="iptables",
         help="load ipset + iptables-restore (default) or one nft script",
     )
-    p.add_argument("-o", "--output", default="table", choices=["table", "json"])
+    p.add_argument(
+        "-o",
+        "--output",
+        default="table",
+        choices=["table", "json", "jsonl"],
+        help="table (default), json, or for replay jsonl: one object per packet",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="replay: how long an injected packet may take to arrive before it counts as "
+        "dropped (default 0.25)",
+    )
+    p.add_argument(
+        "--max-externals",
+        type=int,
+        default=64,
+        metavar="N",
+        help="replay: capture addresses that are no pod's or node's become external hosts, "
+        "at most N (default 64); packets of the others are reported as not injectable",
+    )
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="replay: send on the capture's timestamps (default: back to back; the summary "
+        "warns when an idle gap could let a conntrack timeout expire)",
+    )
     p.set_defaults(func=cmd_lab)
     return parser
 

@@ -68,6 +68,7 @@ __all__ = [
     "TCP_TIMEOUT_INIT",
     "Scenario",
     "all_pairs",
+    "connections",
     "endpoints_of",
     "icmp_echo",
     "icmp_error",
@@ -1051,6 +1052,59 @@ def three_tier(
                 sport = picker.pick(a, b, port, "TCP")
                 out.extend(_flow("TCP", a, b, sport, port, t, rng))
                 t += spacing
+    return sort_by_time(out)
+
+
+def _addresses_of(cluster: Cluster, endpoint: str) -> list[str]:
+    """A ``namespace/pod`` key's IPs, or an IP literal (canonical form)."""
+    try:
+        return [str(ipaddress.ip_address(endpoint))]
+    except ValueError:
+        pass
+    pod = next((p for p in cluster.pods if p.key == endpoint), None)
+    if pod is None:
+        raise ValueError(f"unknown endpoint {endpoint!r}: use namespace/pod or an IP address")
+    if not pod.ips:
+        raise ValueError(f"pod {endpoint} has no IP address (status.podIP(s) is empty)")
+    return [str(ipaddress.ip_address(ip)) for ip in pod.ips]
+
+
+def connections(
+    cluster: Cluster,
+    plan: Sequence[tuple[str, str, int, str]],
+    *,
+    seed: int = 0,
+    start: float = 0.0,
+    spacing: float = 0.05,
+) -> list[Packet]:
+    """One complete attempt per ``(from, to, port, protocol)`` of ``plan``, in order, ``spacing``
+    apart. Ends are ``namespace/pod`` (its first address of a family both ends have, IPv4
+    first) or IP literals, e.g. a node's address for a kubelet probe. TCP: handshake,
+    request/response, FIN; UDP: request and reply; SCTP: an association; ``ICMP`` (port ignored):
+    one echo request and its reply, the identifier drawn like a source port."""
+    rng = random.Random(seed)
+    picker = _PortPicker(rng)
+    out: list[Packet] = []
+    t = start
+    for src, dst, port, proto in plan:
+        a_ips, b_ips = _addresses_of(cluster, src), _addresses_of(cluster, dst)
+        pair = next(
+            (
+                (a, b)
+                for fam in (4, 6)
+                for a in a_ips
+                for b in b_ips
+                if _family(a) == fam and _family(b) == fam
+            ),
+            None,
+        )
+        if pair is None:
+            raise ValueError(f"{src} and {dst} share no IP family")
+        a, b = pair
+        proto = proto.upper()
+        sport = picker.pick(a, b, port, proto)
+        out.extend(_flow(proto, a, b, sport, port, t, rng))
+        t += spacing
     return sort_by_time(out)
 
 

@@ -1,9 +1,13 @@
-"""Every command shown in docs/ runs, and prints what the docs say it prints.
+"""Every command shown in docs/, README.md and examples/*/README.md runs, and prints what the
+page says it prints. Commands run from the repository root.
 
 A ```console block holds `$ command` lines each followed by its expected output; a line `...`
-stands for any number of lines. Run with NPEMU_UPDATE_DOCS=1 to rewrite the blocks from real
-runs (a block holding only `...` is filled with the whole output; otherwise the lines before the
-first `...` are kept as the excerpt's length).
+stands for any number of lines. Run with NPEMU_UPDATE_DOCS=1 to rewrite the blocks from real runs,
+for every page or only the pages named
+(`NPEMU_UPDATE_DOCS=1 python tests/test_docs.py examples/one-dash/README.md`): an excerpt that
+still matches is kept as written, so hand-made elisions survive; otherwise a command followed only
+by `...` is filled with the whole output, and any other excerpt keeps the lines before its first
+`...` as its length.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+DOCS = [
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "README.md",
+    *sorted((ROOT / "examples").glob("*/README.md")),
+]
 BLOCK = re.compile(r"```console\n(.*?)```", re.S)
 
 
@@ -63,8 +71,12 @@ def _matches(expected: list[str], actual: list[str]) -> bool:
 CASES = [(doc, cmd, exp) for doc in DOCS for cmd, exp in _commands(doc.read_text())]
 
 
+def _name(doc: Path) -> str:
+    return doc.relative_to(ROOT).as_posix()
+
+
 @pytest.mark.parametrize(
-    ("doc", "command", "expected"), CASES, ids=[f"{d.name}:{c[:60]}" for d, c, _ in CASES]
+    ("doc", "command", "expected"), CASES, ids=[f"{_name(d)}:{c[:60]}" for d, c, _ in CASES]
 )
 def test_documented_command_output(doc: Path, command: str, expected: list[str]) -> None:
     actual = _run(command).splitlines()
@@ -77,14 +89,35 @@ def test_docs_have_commands() -> None:
     assert len(CASES) >= 5
 
 
-def update_docs() -> None:
+def test_every_example_readme_is_covered() -> None:
+    """Each example folder has a README whose console blocks run here."""
+    folders = sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir() and p.name[0] != "_")
+    assert folders
+    for folder in folders:
+        readme = folder / "README.md"
+        assert readme in DOCS, f"{_name(folder)} has no README.md"
+        commands = [c for d, c, _ in CASES if d == readme]
+        assert commands, f"{_name(readme)} shows no ```console command"
+        assert all(f"examples/{folder.name}" in c for c in commands), _name(readme)
+
+
+def update_docs(only: list[str] | None = None) -> None:
+    """Rewrite the console blocks of every page, or only of the pages named (paths)."""
+    chosen = {Path(p).resolve() for p in only or []}
     for doc in DOCS:
+        if chosen and doc not in chosen:
+            continue
         text = doc.read_text()
 
         def fill(match: re.Match[str]) -> str:
             lines: list[str] = []
             for command, expected in _commands("```console\n" + match.group(1) + "```"):
                 actual = _run(command).splitlines()
+                while expected and not expected[-1].strip():
+                    expected = expected[:-1]
+                if expected not in ([], ["..."]) and _matches(expected, actual):
+                    lines += [f"$ {command}", *expected]
+                    continue
                 if "..." in expected and expected != ["..."]:
                     keep = expected.index("...")
                     actual = [*actual[:keep], "..."] if len(actual) > keep else actual
@@ -95,4 +128,5 @@ def update_docs() -> None:
 
 
 if __name__ == "__main__" and os.environ.get("NPEMU_UPDATE_DOCS"):
-    update_docs()
+    # NPEMU_UPDATE_DOCS=1 python tests/test_docs.py [PAGE.md ...]
+    update_docs(sys.argv[1:])

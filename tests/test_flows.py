@@ -42,6 +42,7 @@ from dataplane.flows import (
     SCENARIOS,
     TCP_TIMEOUT_INIT,
     all_pairs,
+    connections,
     icmp_echo,
     icmp_error,
     mac_for,
@@ -682,3 +683,115 @@ def test_write_pcap_round_trip(tmp_path):
     back = rdpcap(str(path))
     assert [bytes(p) for p in back] == [bytes(p) for p in pkts]
     assert [float(p.time) for p in back] == pytest.approx([float(p.time) for p in pkts], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------- connections
+
+
+def test_connections_in_order_one_attempt_each(cluster):
+    plan = [
+        ("prod/web-0", "prod/api-0", 5000, "TCP"),
+        ("10.0.0.11", "prod/web-0", 8080, "TCP"),  # an IP end, e.g. a node's kubelet
+        ("prod/db-0", "198.51.100.7", 53, "UDP"),
+        ("dev/tool", "prod/db-0", 0, "ICMP"),
+        ("prod/web-0", "prod/api-0", 9000, "SCTP"),
+    ]
+    pkts = connections(cluster, plan, seed=4)
+    assert_time_ordered(pkts)
+    opened = []
+    for p in pkts:
+        ip = l3(p)
+        if TCP in p and str(p[TCP].flags) == "S":
+            opened.append((ip.src, ip.dst, p[TCP].dport, "TCP", float(p.time)))
+        elif UDP in p and p[UDP].dport == 53:
+            opened.append((ip.src, ip.dst, 53, "UDP", float(p.time)))
+        elif ICMP in p and p[ICMP].type == 8:
+            opened.append((ip.src, ip.dst, 0, "ICMP", float(p.time)))
+        elif SCTPChunkInit in p:
+            opened.append((ip.src, ip.dst, p[SCTP].dport, "SCTP", float(p.time)))
+    assert [o[:4] for o in opened] == [
+        ("10.244.0.10", "10.244.0.20", 5000, "TCP"),
+        ("10.0.0.11", "10.244.0.10", 8080, "TCP"),
+        ("10.244.1.30", "198.51.100.7", 53, "UDP"),
+        ("10.244.1.40", "10.244.1.30", 0, "ICMP"),
+        ("10.244.0.10", "10.244.0.20", 9000, "SCTP"),
+    ]
+    assert [o[4] for o in opened] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+    # each attempt is complete: the TCP ones are valid streams, the ping is answered
+    for conn in _by_connection([p for p in pkts if TCP in p]).values():
+        check_tcp_stream(conn)
+    replies = [p for p in pkts if ICMP in p and p[ICMP].type == 0]
+    assert [(l3(p).src, l3(p).dst) for p in replies] == [("10.244.1.30", "10.244.1.40")]
+
+
+def _by_connection(pkts):
+    out: dict[tuple, list] = {}
+    for p in pkts:
+        k = flow_key(p)
+        out.setdefault(min(k, (k[1], k[0], k[2], k[4], k[3])), []).append(p)
+    return out
+
+
+def test_connections_deterministic_for_a_seed(cluster):
+    plan = [("prod/web-0", "prod/api-0", 5000, "TCP"), ("dev/tool", "prod/web-0", 0, "ICMP")]
+
+    def run(seed):
+        return [bytes(p) for p in connections(cluster, plan, seed=seed)]
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_connections_picks_a_common_family_and_rejects_bad_ends():
+    dual = Cluster(
+        pods=(
+            pod("a", "x", "x", "10.244.0.1", "fd00::1"),
+            pod("a", "y", "y", "fd00::2"),
+            pod("a", "z", "z"),
+        )
+    )
+    (syn, *_) = connections(dual, [("a/x", "a/y", 80, "TCP")])
+    assert (l3(syn).src, l3(syn).dst) == ("fd00::1", "fd00::2")
+    (syn, *_) = connections(dual, [("a/x", "192.0.2.1", 80, "TCP")])
+    assert (l3(syn).src, l3(syn).dst) == ("10.244.0.1", "192.0.2.1")
+    with pytest.raises(ValueError, match="share no IP family"):
+        connections(dual, [("a/y", "192.0.2.1", 80, "TCP")])
+    with pytest.raises(ValueError, match="unknown endpoint 'a/nope'"):
+        connections(dual, [("a/nope", "a/x", 80, "TCP")])
+    with pytest.raises(ValueError, match="no IP address"):
+        connections(dual, [("a/z", "a/x", 80, "TCP")])
+
+
+def test_generate_connections_cli(tmp_path, capsys):
+    from dataplane.cli import main
+
+    manifest = tmp_path / "pods.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: ns}\n"
+        "spec: {containers: [{name: c}]}\nstatus: {podIP: 10.244.0.1}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: ns}\n"
+        "spec: {containers: [{name: c}]}\nstatus: {podIP: 10.244.0.2}\n"
+    )
+    out = tmp_path / "out.pcap"
+    argv = ["generate", "connections", "-f", str(manifest), "-o", str(out)]
+    assert (
+        main([*argv, "--connect", "ns/a", "ns/b", "53/UDP", "--connect", "ns/b", "ns/a", "icmp"])
+        == 0
+    )
+    pkts = rdpcap(str(out))
+    assert [(l3(p).src, UDP in p, ICMP in p) for p in pkts] == [
+        ("10.244.0.1", True, False),
+        ("10.244.0.2", True, False),
+        ("10.244.0.2", False, True),
+        ("10.244.0.1", False, True),
+    ]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "needs at least one --connect" in capsys.readouterr().err
+    assert main([*argv, "--connect", "ns/a", "ns/c", "80"]) == 2
+    assert "unknown endpoint 'ns/c'" in capsys.readouterr().err
+    assert main([*argv, "--connect", "ns/a", "ns/b", "80/ICMP"]) == 2
+    assert "bad port" in capsys.readouterr().err
+    other = ["generate", "all-pairs", "-f", str(manifest), "-o", str(out)]
+    assert main([*other, "--connect", "ns/a", "ns/b", "80"]) == 2
+    assert "--connect is for the connections scenario" in capsys.readouterr().err
