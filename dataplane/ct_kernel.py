@@ -1281,6 +1281,11 @@ class CtTable:
         cols = _columns(batch)
         tv = timeout_vector(timeouts)
         allowed = np.ascontiguousarray(allowed, dtype=np.bool_)
+        if allowed.ndim != 1 or len(allowed) < hi - lo or not 0 <= lo <= hi <= len(batch):
+            # the kernel does not check bounds: refuse here what would read past an array
+            raise IndexError(
+                f"packets {lo}..{hi - 1} of {len(batch)}, {len(allowed)} policy verdicts"
+            )
         scratch = (np.zeros(6, np.int64), np.zeros(NI, np.int64), np.zeros(_RING, np.int64))
         i = lo
         while i < hi:
