@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .program import M_PORT, Program, split128
+from .program import M_PORT, Program, expand_ranges, split128
 
 _SPACE = {4: 1 << 32, 6: 1 << 128}
 WIDE_PIECES = 256  # pieces a key may span beyond 4 per interval before it stays unlisted
@@ -104,14 +104,14 @@ def _family_classes(
     dtype = np.int64 if family == 4 else object  # IPv6 addresses stay Python ints
     set_ids = np.flatnonzero(program.s_family == family)
     lens = program.s_off[set_ids + 1] - program.s_off[set_ids]
-    rows = _ranges(program.s_off[set_ids], lens)
+    rows = expand_ranges(program.s_off[set_ids], lens)
     set_starts = _join(program.s_start_hi[rows], program.s_start_lo[rows], dtype)
     set_ends = _join(program.s_end_hi[rows], program.s_end_lo[rows], dtype)
     set_keys = np.repeat(set_ids, lens)
     slot = 0 if family == 4 else 1
     run_lo = program.run_off[slot:-1:2]
     run_lens = program.run_off[slot + 1 :: 2] - run_lo
-    rrows = _ranges(run_lo, run_lens)
+    rrows = expand_ranges(run_lo, run_lens)
     run_starts = _join(program.ri_start_hi[rrows], program.ri_start_lo[rrows], dtype)
     run_ends = _join(program.ri_end_hi[rrows], program.ri_end_lo[rrows], dtype)
     run_keys = n_sets + np.repeat(np.arange(len(run_lens)), run_lens)
@@ -122,7 +122,7 @@ def _family_classes(
     )
     n_pieces = len(ordered)
 
-    def piece_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def pieceexpand_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nxt = ends + 1
         inside = nxt < space
         b = np.full(len(ends), n_pieces, dtype=np.int64)
@@ -130,8 +130,8 @@ def _family_classes(
         return np.searchsorted(ordered, starts).astype(np.int64), b
 
     # every (set interval or run piece) as a range of elementary pieces, with key and candidates
-    sa, sb = piece_ranges(set_starts, set_ends)
-    ra, rb = piece_ranges(run_starts, run_ends)
+    sa, sb = pieceexpand_ranges(set_starts, set_ends)
+    ra, rb = pieceexpand_ranges(run_starts, run_ends)
     A = np.concatenate([sa, ra])
     B = np.concatenate([sb, rb])
     n_set_rows = len(sa)
@@ -161,9 +161,8 @@ def _family_classes(
 
     # membership rows: each range expanded to its pieces, then to identities, deduplicated
     lengths = np.where(keep, B - A, 0)
-    total = int(lengths.sum())
     row = np.repeat(np.arange(len(A)), lengths)
-    piece = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths) + A[row]
+    piece = expand_ranges(A, lengths)
     width = width_of(program)
     combined = identity[piece] * width + K[row]
     _, first = np.unique(combined, return_index=True)  # sorted by (identity, key)
@@ -178,16 +177,6 @@ def _family_classes(
         axis=1,
     )
     return ordered.tolist(), identity, table, wide
-
-
-def _ranges(first: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The indices first[i] .. first[i] + lengths[i] - 1, for every i, concatenated."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    return (
-        np.repeat(np.asarray(first, dtype=np.int64) - (np.cumsum(lengths) - lengths), lengths)
-        + np.arange(total)
-    ).astype(np.int64)
 
 
 def _join(hi: np.ndarray, lo: np.ndarray, dtype: type) -> np.ndarray:

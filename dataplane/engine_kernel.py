@@ -165,6 +165,7 @@ def classify(
                 else:
                     did = id_of[base]
         slot = np.uint64(0)
+        home = np.uint64(0)
         w0 = (np.uint64(sid) << _S32) | np.uint64(did)
         w1 = (
             (np.uint64(fam) << _S40)
@@ -177,7 +178,8 @@ def classify(
             x ^= x >> _S33
             x *= _C2
             x ^= x >> _S33
-            slot = x & mask
+            home = x & mask
+            slot = home
             while True:
                 v = cache_vals[slot]
                 if v == 0 or (cache_keys[slot, 0] == w0 and cache_keys[slot, 1] == w1):
@@ -313,11 +315,7 @@ def classify(
             if counters[2] * 2 >= cap:  # keep probe sequences short: start over, never fill up
                 cache_vals[:] = 0
                 counters[2] = 0
-                slot = w0 ^ (w1 * _C1)
-                slot ^= slot >> _S33
-                slot *= _C2
-                slot ^= slot >> _S33
-                slot &= mask
+                slot = home  # the key's own slot, empty now
             cache_keys[slot, 0] = w0
             cache_keys[slot, 1] = w1
             cache_vals[slot] = 2 * (decided + 2) + (1 if verdict else 0)

@@ -89,6 +89,15 @@ def split128(values: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
+def expand_ranges(first: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """first[i] .. first[i] + lengths[i] - 1 for every i, concatenated (int64)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(first, dtype=np.int64) - offsets, lengths) + np.arange(
+        int(lengths.sum())
+    )
+
+
 @dataclass
 class Program:
     """The flat form. Rule ``k`` is ``rules[k]``, numbered in chain order then rule order."""
@@ -158,20 +167,6 @@ class Program:
             self.ri_end_lo,
             self.ri_coff,
         )
-
-    def set_intervals(self, family: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """(set index, starts, ends) as Python-int object arrays for every set of ``family``."""
-        out = []
-        for s in np.flatnonzero(self.s_family == family):
-            a, b = int(self.s_off[s]), int(self.s_off[s + 1])
-            starts = _join(self.s_start_hi[a:b], self.s_start_lo[a:b])
-            ends = _join(self.s_end_hi[a:b], self.s_end_lo[a:b])
-            out.append((int(s), starts, ends))
-        return out
-
-
-def _join(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    return np.array([(int(h) << 64) | int(x) for h, x in zip(hi, lo, strict=True)], dtype=object)
 
 
 class _Builder:
@@ -441,9 +436,7 @@ def _index_run(
         lengths = np.searchsorted(cuts, ends + 1) - first
         if int(lengths.sum()) > 4 * len(starts) + 4096:
             return None  # wide keys over many narrow ones: the lists would explode
-        piece = np.repeat(first - (np.cumsum(lengths) - lengths), lengths) + np.arange(
-            int(lengths.sum())
-        )
+        piece = expand_ranges(first, lengths)
         rule = np.repeat(rule, lengths)
         order = np.lexsort((rule, piece))
         piece, rule = piece[order], rule[order]

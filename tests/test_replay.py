@@ -164,3 +164,18 @@ def test_denied_flow_reasons_name_the_deciding_rule(tmp_path: Path) -> None:
     assert dict(summary.by_reason) == {"drop: new: no ingress rule allows (prod/db)": 2}
     (row,) = summary.to_dict()["flows"]
     assert (row["src"], row["dst"], row["dport"], row["dropped"]) == (EXT, DB, 5432, 2)
+
+
+def test_exempted_packets_name_the_node_exemption_and_pings_stay_apart(tmp_path: Path) -> None:
+    """A probe from the pod's node is reported as let in by the node exemption (not "allowed by
+    policy"); two pings between the same pair in opposite directions are two flows (ICMP flows
+    are keyed by echo identifier)."""
+    src = tmp_path / "in.pcap"
+    pkts = flows.tcp_syn_only(NODE2, DB, 40003, 5432, start=0.0, retries=0)
+    pkts += flows.icmp_echo(WEB, DB, 1.0, count=1, ident=7)
+    pkts += flows.icmp_echo(DB, WEB, 2.0, count=1, ident=9)
+    write_scapy(str(src), pkts)
+    summary = run_replay(str(src), CLUSTER, output="json")
+    assert summary.by_reason["allow: new: node exemption (n2)"] == 1
+    icmp = [r for r in summary.to_dict()["flows"] if r["protocol"] == "ICMP"]
+    assert [(r["src"], r["dst"], r["packets"]) for r in icmp] == [(WEB, DB, 2), (DB, WEB, 2)]
