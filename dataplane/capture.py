@@ -2,13 +2,15 @@
 
 Reader theory of operation
 --------------------------
-The file is read in blocks (8 MiB by default) into one numpy byte buffer. A numba scanner walks
-the record headers in that buffer and fills per-record arrays (frame offset, captured and original
-length, timestamp in integer nanoseconds, link type) until it has ``max_packets`` records, reaches
-a block it does not handle, or runs out of buffered bytes. Each scan becomes a ``RawChunk`` whose
-``data`` is a view of the buffer, so frames are never copied one by one. When the buffer runs out
-mid-record, the unread tail is moved into a fresh buffer followed by the next block, so a record
-spanning two reads is handled and at most ``block + largest record`` bytes are buffered.
+A regular file is mapped in windows (8 MiB by default); a pipe or stream is read in blocks of
+that size into a byte buffer, reused once no chunk views it. A numba scanner walks the record
+headers and fills per-record arrays (frame offset, captured and original length, timestamp in
+integer nanoseconds, link type) until it has ``max_packets`` records, reaches a block it does not
+handle, or runs out of bytes. Each scan becomes a ``RawChunk`` whose ``data`` is a view of the
+window or buffer, so frames are never copied one by one. When the bytes run out mid-record, the
+next window starts at the unread record (or the unread tail is moved in front of the next
+block), so a record spanning two reads is handled and at most ``block + largest record`` bytes
+are held.
 
 pcapng's rare blocks (section header, interface description, statistics, name resolution,
 custom, unknown) go back to Python, which updates the per-section state (byte order,
@@ -27,7 +29,9 @@ the selected records' bytes, lengths and timestamps unchanged.
 from __future__ import annotations
 
 import io
+import mmap
 import os
+import stat
 import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -128,6 +132,18 @@ def _rd16(b, p, le):
 
 
 @njit(cache=True)
+def _touch_lines(buf, start, stop):
+    """Read one byte per cache line of a record. Hopping from record header to record header is
+    a chain of dependent loads that the hardware prefetcher does not follow (each a trip to
+    memory: 140 ns per record measured); reading every line makes the access a sequential
+    stream it does follow (30 ns per record)."""
+    seen = np.uint8(0)
+    for q in range(start, stop, 64):
+        seen |= buf[q]
+    return seen
+
+
+@njit(cache=True)
 def _scan_pcap(buf, pos, end, le, hdrlen, frac_ns, max_n, offs, caps, origs, tsns):
     """pcap records from pos. -> (count, new pos, outcome, bytes needed for the next record)."""
     n = 0
@@ -139,6 +155,7 @@ def _scan_pcap(buf, pos, end, le, hdrlen, frac_ns, max_n, offs, caps, origs, tsn
             return n, pos, _BAD, 0
         if pos + hdrlen + cl > end:
             return n, pos, _NEED, hdrlen + cl
+        _touch_lines(buf, pos, pos + hdrlen + cl)
         offs[n] = pos + hdrlen
         caps[n] = cl
         origs[n] = _rd32(buf, pos + 12, le)
@@ -170,6 +187,7 @@ def _scan_pcapng(
             return n, pos, _NEED, bl, last_ts
         if _rd32(buf, pos + bl - 4, le) != bl:
             return n, pos, _BAD, 0, last_ts
+        _touch_lines(buf, pos, pos + bl)
         if bt == _BT_SPB:  # simple packet block: interface 0, no timestamp
             ifid = 0
             ol = _rd32(buf, pos + 8, le)
@@ -261,6 +279,8 @@ class CaptureReader:
         self.warnings: list[str] = []
         self.packets = 0
         self._buf = np.empty(0, dtype=np.uint8)
+        self._spare: np.ndarray | None = None
+        self._mapped = _mappable(f)
         self._base = 0  # file offset of _buf[0]
         self._pos = 0
         self._end = 0
@@ -282,9 +302,16 @@ class CaptureReader:
         ``need`` bytes). Returns False when nothing more could be read."""
         if self._eof:
             return False
+        if self._mapped:
+            return self._map_window(need)
         tail = self._end - self._pos
         size = max(tail + self._block, need)
-        buf = np.empty(size, dtype=np.uint8)
+        buf = self._spare
+        # a spare buffer is reused only when no chunk still views it (a view holds a reference
+        # to its base): fresh buffers cost a page fault per 4 KiB, as much as the read itself
+        if buf is None or buf.size < size or sys.getrefcount(buf) > 3:
+            buf = np.empty(size, dtype=np.uint8)
+        self._spare = None
         buf[:tail] = self._buf[self._pos : self._end]
         got = tail
         view = memoryview(buf)
@@ -295,6 +322,7 @@ class CaptureReader:
                 break
             got += k
         self._base += self._pos
+        self._spare = self._buf if self._buf.size else None
         self._buf, self._pos, self._end = buf, 0, got
         return got > tail
 
@@ -457,6 +485,25 @@ class CaptureReader:
         self._pos += blen
         return True
 
+    def _map_window(self, need: int) -> bool:
+        """Regular files: map the next window instead of reading it. Mapping skips the copy
+        into a buffer (a third of the reader's time); chunks keep their window alive for as
+        long as they view it, and the window is dropped once they are gone."""
+        start = self._base + self._pos
+        tail = self._end - self._pos
+        size = os.fstat(self._f.fileno()).st_size
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        length = min(size - aligned, (start - aligned) + max(tail + self._block, need))
+        if length <= start - aligned + tail:
+            self._eof = True
+            return False
+        window = mmap.mmap(self._f.fileno(), length, access=mmap.ACCESS_READ, offset=aligned)
+        self._buf = np.frombuffer(window, dtype=np.uint8)
+        self._base, self._pos, self._end = aligned, start - aligned, length
+        if aligned + length >= size:
+            self._eof = True
+        return True
+
     # -- iteration --------------------------------------------------------------------------
 
     def _iface_arrays(self) -> tuple[np.ndarray, ...]:
@@ -583,6 +630,14 @@ class CaptureReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _mappable(f: BinaryIO) -> bool:
+    """A regular file read from its start (pipes, sockets and wrapped streams are read)."""
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode) and f.tell() == 0
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return False
 
 
 def open_capture(

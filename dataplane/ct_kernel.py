@@ -57,10 +57,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from llvmlite import ir as llir
-from numba import config, njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
 from dataplane.ct_tables import (
     ICMP_ERRORS,
@@ -84,6 +81,7 @@ from dataplane.ct_tables import (
     Timeouts,
 )
 from dataplane.packets import ACK, FIN, FRAGMENT, NOT_IP, OK, RST, SYN, PacketBatch
+from dataplane.prefetch import prefetch as _prefetch
 
 # --------------------------------------------------------------------------------------------------
 # Plain-int mirrors of the enums. numba freezes globals into the cached machine code and its cache
@@ -368,43 +366,6 @@ _helper = njit(cache=True, _nrt=False)
 # Inlined into their one caller: removing these two calls from the per-packet path measured 20%
 # faster; inlining more (the bigger _tcp_apply has two callers) made it slower.
 _inline = njit(cache=True, _nrt=False, inline="always")
-
-
-if config.DISABLE_JIT:
-
-    def _prefetch(arr, i, offset):
-        pass
-
-else:
-
-    @intrinsic
-    def _prefetch(typingctx, arr, i, offset):
-        """Ask the CPU to start loading the cache line ``offset`` bytes into row ``i`` of
-        ``arr``. A hint: nothing waits for it and no result depends on it."""
-
-        def codegen(context, builder, sig, args):
-            aryty = sig.args[0]
-            ary = context.make_array(aryty)(context, builder, args[0])
-            inds = [args[1]] + [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
-            ptr = cgutils.get_item_pointer2(
-                context,
-                builder,
-                data=ary.data,
-                shape=cgutils.unpack_tuple(builder, ary.shape),
-                strides=cgutils.unpack_tuple(builder, ary.strides),
-                layout=aryty.layout,
-                inds=inds,
-                wraparound=False,
-            )
-            i8p = llir.IntType(8).as_pointer()
-            i32 = llir.IntType(32)
-            ptr = builder.gep(builder.bitcast(ptr, i8p), [args[2]])
-            fnty = llir.FunctionType(llir.VoidType(), [i8p, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-            builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
-            return context.get_dummy_value()
-
-        return types.void(arr, i, offset), codegen
 
 
 # --------------------------------------------------------------------------------------------------

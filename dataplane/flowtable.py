@@ -23,50 +23,56 @@ KEY_WORDS = 8  # family, proto, low (hi, lo, port), high (hi, lo, port)
 FIRST_WORDS = 8  # family, src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport
 
 
-@njit(cache=True, nogil=True)
-def _hash(key):
-    x = np.uint64(0)
-    for w in range(key.shape[0]):
-        x = (x ^ key[w]) * _C1
-        x ^= x >> _S33
-    x *= _C2
-    x ^= x >> _S33
-    return x
+# Without NRT reference counting: array arguments would otherwise cost an atomic increment and
+# decrement per call, and nothing here allocates.
+_kernel = njit(cache=True, nogil=True, _nrt=False)
 
 
-@njit(cache=True, nogil=True)
-def _insert_slot(slots, keys, key, mask):
-    """The slot holding ``key``, or the empty slot where it belongs (slots[s] == -1)."""
-    s = _hash(key) & mask
+@_kernel
+def _mix(x, w):
+    x = (x ^ w) * _C1
+    return x ^ (x >> _S33)
+
+
+@_kernel
+def _hash(k0, k1, k2, k3, k4, k5, k6, k7):
+    x = _mix(_mix(_mix(_mix(np.uint64(0), k0), k1), k2), k3)
+    x = _mix(_mix(_mix(_mix(x, k4), k5), k6), k7) * _C2
+    return x ^ (x >> _S33)
+
+
+@_kernel
+def _insert_slot(slots, keys, k0, k1, k2, k3, k4, k5, k6, k7, mask):
+    """The slot holding the key, or the empty slot where it belongs (slots[s] == -1)."""
+    s = _hash(k0, k1, k2, k3, k4, k5, k6, k7) & mask
     while True:
         f = slots[s]
         if f < 0:
             return s
-        same = True
-        for w in range(KEY_WORDS):
-            if keys[f, w] != key[w]:
-                same = False
-                break
-        if same:
+        if (
+            keys[f, 0] == k0 and keys[f, 1] == k1 and keys[f, 2] == k2 and keys[f, 3] == k3
+            and keys[f, 4] == k4 and keys[f, 5] == k5 and keys[f, 6] == k6 and keys[f, 7] == k7
+        ):  # fmt: skip
             return s
         s = (s + _ONE) & mask
 
 
-@njit(cache=True, nogil=True)
+@_kernel
 def _rehash(slots, keys, used):
     mask = np.uint64(slots.shape[0] - 1)
     for f in range(used):
-        slots[_insert_slot(slots, keys, keys[f], mask)] = f
+        k = keys[f]
+        s = _insert_slot(slots, keys, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], mask)
+        slots[s] = f
 
 
-@njit(cache=True, nogil=True)
+@_kernel
 def _accumulate(
     slots, keys, first, first_index, first_ts, first_reason, packets, allowed_n, used,
     status, family, src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport, icmp_id, index, ts,
     allowed, reason,
 ):  # fmt: skip
     mask = np.uint64(slots.shape[0] - 1)
-    key = np.zeros(KEY_WORDS, dtype=np.uint64)
     for p in range(status.shape[0]):
         if status[p] != OK and status[p] != FRAGMENT:
             continue
@@ -75,28 +81,25 @@ def _accumulate(
         if proto[p] == 1 or proto[p] == 58:  # ICMP: an echo exchange is keyed by its identifier
             a_port = np.uint64(icmp_id[p])
             b_port = a_port
-        a_first = a_hi < b_hi or (
-            a_hi == b_hi and (a_lo < b_lo or (a_lo == b_lo and a_port <= b_port))
-        )
-        key[0] = np.uint64(family[p])
-        key[1] = np.uint64(proto[p])
-        if a_first:
-            key[2], key[3], key[4], key[5], key[6], key[7] = a_hi, a_lo, a_port, b_hi, b_lo, b_port
-        else:
-            key[2], key[3], key[4], key[5], key[6], key[7] = b_hi, b_lo, b_port, a_hi, a_lo, a_port
-        s = _insert_slot(slots, keys, key, mask)
+        if not (
+            a_hi < b_hi or (a_hi == b_hi and (a_lo < b_lo or (a_lo == b_lo and a_port <= b_port)))
+        ):
+            a_hi, a_lo, a_port, b_hi, b_lo, b_port = b_hi, b_lo, b_port, a_hi, a_lo, a_port
+        fam, pr = np.uint64(family[p]), np.uint64(proto[p])
+        s = _insert_slot(slots, keys, fam, pr, a_hi, a_lo, a_port, b_hi, b_lo, b_port, mask)
         f = slots[s]
         if f < 0:
             f = used
             used += 1
             slots[s] = f
-            keys[f, :] = key
-            first[f, 0] = np.uint64(family[p])
+            keys[f, 0], keys[f, 1], keys[f, 2], keys[f, 3] = fam, pr, a_hi, a_lo
+            keys[f, 4], keys[f, 5], keys[f, 6], keys[f, 7] = a_port, b_hi, b_lo, b_port
+            first[f, 0] = fam
             first[f, 1] = src_hi[p]
             first[f, 2] = src_lo[p]
             first[f, 3] = dst_hi[p]
             first[f, 4] = dst_lo[p]
-            first[f, 5] = np.uint64(proto[p])
+            first[f, 5] = pr
             first[f, 6] = np.uint64(sport[p])
             first[f, 7] = np.uint64(dport[p])
             first_index[f] = index[p]

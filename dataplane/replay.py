@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from compiler.tables import Ruleset
 
@@ -85,9 +86,9 @@ class ReplaySummary:
     allowed: int = 0
     dropped: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)
-    flows: dict[tuple, FlowStats] = field(default_factory=dict)
     table: FlowTable = field(default_factory=FlowTable.empty)
     reason_table: ReasonTable | None = None
+    _flows: dict[tuple, FlowStats] | None = field(default=None, init=False, repr=False)
 
     def to_dict(self, max_flows: int | None = None) -> dict[str, Any]:
         flows = sorted(self.flows.items(), key=lambda kv: kv[1].first_index)
@@ -102,7 +103,18 @@ class ReplaySummary:
         }
 
     def finish(self) -> None:
-        """After the last chunk: the flow rows, keyed by their first packet's direction."""
+        """After the last chunk: the flow rows are built from the table when first asked for."""
+        self._flows = None
+
+    @property
+    def flows(self) -> dict[tuple, FlowStats]:
+        """Flow rows keyed by the 5-tuple of each flow's first packet (built on first use:
+        a replay that only wants totals never pays for a Python object per flow)."""
+        if self._flows is None:
+            self._flows = self._build_flows()
+        return self._flows
+
+    def _build_flows(self) -> dict[tuple, FlowStats]:
         t = self.table
         n = t.used
         texts = self.reason_table.texts if self.reason_table is not None else []
@@ -112,7 +124,7 @@ class ReplaySummary:
         reason = t.first_reason[:n].tolist()
         packets = t.packets[:n].tolist()
         allowed = t.allowed[:n].tolist()
-        self.flows = {
+        return {
             tuple(first[f]): FlowStats(
                 index[f],
                 ts[f],
@@ -173,6 +185,16 @@ class Replayer:
             for state in (CtState.NEW, CtState.UNTRACKED)
         }
         self._decided_code: dict[tuple[int, int], int] = {}  # (state, deciding rule) -> code
+        # the same for the kernel: [NEW, UNTRACKED] x (deciding rule + 1, -1 = the chain's
+        # policy), -1 where not interned yet
+        self._decided_map = np.full((2, 1), -1, dtype=np.int64)
+        self._fixed_codes = np.array(
+            [self._fixed[k] for k in ("not ip", "malformed", "fragment", "established", "related")],
+            dtype=np.int64,
+        )
+        self._allowed_codes = np.array(
+            [self._allowed_code[CtState.NEW], self._allowed_code[CtState.UNTRACKED]], np.int64
+        )
         self._fragments: dict[tuple, bool] = {}
 
     def decide(self, batch: PacketBatch) -> ChunkVerdicts:
@@ -192,29 +214,28 @@ class Replayer:
         ct_reason: np.ndarray,
         decider: np.ndarray,
     ) -> np.ndarray:
-        """A reason code per packet, assigned by masks over the chunk, never per packet."""
-        codes = np.zeros(len(batch), dtype=np.int64)
-        status = batch.status
-        codes[status == NOT_IP] = self._fixed["not ip"]
-        codes[status == MALFORMED] = self._fixed["malformed"]
-        codes[status == FRAGMENT] = self._fixed["fragment"]
-        ok = status == OK
-        codes[ok & (ct == CtState.ESTABLISHED)] = self._fixed["established"]
-        codes[ok & (ct == CtState.RELATED)] = self._fixed["related"]
-        invalid = ok & (ct == CtState.INVALID)
-        if invalid.any():
-            codes[invalid] = self._invalid[ct_reason[invalid].astype(np.int64)]
-        for state in (CtState.NEW, CtState.UNTRACKED):
-            fresh = ok & (ct == state)
-            # a fall-through is "allowed by policy"; a rule that decided (an ACCEPT such as the
-            # node exemption, or a DROP) is named by its comment
-            codes[fresh & allowed] = self._allowed_code[state]
-            named = np.flatnonzero(fresh & ((decider >= 0) | ~allowed))
-            if not len(named):
-                continue
-            rules, inverse = np.unique(decider[named], return_inverse=True)
-            per_rule = np.array([self._decided(int(state), int(k)) for k in rules], dtype=np.int64)
-            codes[named] = per_rule[inverse.ravel()]
+        """A reason code per packet, by one kernel pass; reasons naming a rule not met before
+        are interned afterwards, for the (few) rows that need them."""
+        need = len(self.engine.rules) + 1
+        if self._decided_map.shape[1] < need:
+            grown = np.full((2, need), -1, dtype=np.int64)
+            grown[:, : self._decided_map.shape[1]] = self._decided_map
+            self._decided_map = grown
+        codes = np.empty(len(batch), dtype=np.int64)
+        missing = _reason_codes(
+            batch.status, ct, allowed, ct_reason, decider.astype(np.int64, copy=False),
+            self._fixed_codes, self._invalid, self._allowed_codes, self._decided_map, codes,
+        )  # fmt: skip
+        if missing:
+            rows = np.flatnonzero(codes < 0)
+            fresh = (ct[rows] == CtState.UNTRACKED).astype(np.int64)
+            pairs, inverse = np.unique(
+                np.stack([fresh, decider[rows].astype(np.int64)]), axis=1, return_inverse=True
+            )
+            for row, rule in pairs.T.tolist():
+                state = CtState.UNTRACKED if row else CtState.NEW
+                self._decided_map[row, rule + 1] = self._decided(int(state), rule)
+            codes[rows] = self._decided_map[pairs[0], pairs[1] + 1][inverse.ravel()]
         return codes
 
     def _decided(self, state: int, rule_index: int) -> int:
@@ -247,6 +268,50 @@ class Replayer:
             codes[i] = self._fragment_codes[0 if verdict is not None else 1]
 
 
+@njit(cache=True, nogil=True, _nrt=False)
+def _reason_codes(status, ct, allowed, ct_reason, decider, fixed, invalid, allowed_codes,
+                  decided, codes):  # fmt: skip
+    """codes[i] for every packet (see ``Replayer._reasons``); -1 where a rule's reason is not
+    interned yet. -> how many of those."""
+    missing = 0
+    for i in range(status.shape[0]):
+        st = status[i]
+        if st == NOT_IP:
+            code = fixed[0]
+        elif st == MALFORMED:
+            code = fixed[1]
+        elif st == FRAGMENT:
+            code = fixed[2]
+        else:
+            c = ct[i]
+            code = fixed[0]
+            if c == _ESTABLISHED:
+                code = fixed[3]
+            elif c == _RELATED:
+                code = fixed[4]
+            elif c == _INVALID:
+                code = invalid[ct_reason[i]]
+            elif c == _NEW or c == _UNTRACKED:  # noqa: SIM109 (numba: plain compares)
+                # a fall-through is "allowed by policy"; a rule that decided (an ACCEPT such as
+                # the node exemption, or a DROP) is named by its comment
+                row = 0 if c == _NEW else 1
+                rule = decider[i]
+                if allowed[i] and rule < 0:
+                    code = allowed_codes[row]
+                else:
+                    code = decided[row, rule + 1]
+                    if code < 0:
+                        missing += 1
+        codes[i] = code
+    return missing
+
+
+_NEW, _ESTABLISHED, _RELATED, _INVALID, _UNTRACKED = (
+    int(CtState.NEW), int(CtState.ESTABLISHED), int(CtState.RELATED), int(CtState.INVALID),
+    int(CtState.UNTRACKED),
+)  # fmt: skip
+
+
 def accumulate(summary: ReplaySummary, v: ChunkVerdicts) -> None:
     """Add one chunk's verdicts to the totals, reasons and per-flow counters."""
     n = len(v.batch)
@@ -266,6 +331,7 @@ def accumulate(summary: ReplaySummary, v: ChunkVerdicts) -> None:
     for label, count in sorted(labelled):  # sorted: ties keep a stable order in most_common()
         summary.by_reason[label] += count
     summary.table.add(v.batch, v.allowed, v.reason_code)
+    summary._flows = None  # rows built before this chunk are stale
 
 
 def replay(

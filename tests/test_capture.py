@@ -148,6 +148,27 @@ def test_records_spanning_read_blocks(tmp_path):
             assert_same(got, whole)
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_mapped_file_and_read_stream_agree_while_chunks_live_or_die(tmp_path, keep):
+    """A path is read through mapped windows, a stream into reused buffers; both must give the
+    same frames whether earlier chunks are still held (their window or buffer must stay
+    intact) or dropped (their buffer gets reused)."""
+    frames = [bytes(p) for p in ether_packets() * 40]
+    data = write_pcap(tmp_path / "t.pcap", frames, 1)
+    for block in (64, 700, 5000):
+        for source in (tmp_path / "t.pcap", io.BytesIO(data)):
+            reader = open_capture(source, block_size=block)
+            assert reader._mapped == isinstance(source, Path)
+            held, seen = [], []
+            for chunk in reader.chunks(max_packets=7):
+                seen += [chunk.frame(i) for i in range(len(chunk))]
+                if keep:
+                    held.append(chunk)
+            assert seen == frames
+            if keep:  # still intact after the reader moved past them
+                assert [c.frame(i) for c in held for i in range(len(c))] == frames
+
+
 def test_file_object_and_single_pass(tmp_path):
     pkts = ether_packets()
     data = write_pcap(tmp_path / "t.pcap", [bytes(p) for p in pkts], 1)
