@@ -35,12 +35,18 @@ class Classes:
     id_of: np.ndarray  # int64: identity of each piece (global over both families)
     no_identity: int  # the identity of non-IP packets: member of nothing
     mem_off: np.ndarray  # int64 [identities + 2] into mem rows
-    # int64 rows (key, c0, c1), sorted by key per identity: key is a set index, or sets + a run
-    # index, and then [c0, c1) is that run's candidate range in Program.ri_cand
-    mem: np.ndarray
-    port_class: np.ndarray  # int64 [65536]
+    # membership rows sorted by key per identity: the key is a set index, or sets + a run index,
+    # and then the value c0 << 32 | c1 says [c0, c1) is that run's range in Program.ri_cand. The
+    # keys are int32 and apart from the values, so a binary search touches few cache lines.
+    mem_key: np.ndarray  # int32
+    mem_val: np.ndarray  # int64
+    port_class: np.ndarray  # int32 [65536]
     listed: np.ndarray  # uint8 per membership key: 1 = in the lists, 0 = search by address
     identities: dict[int, int]  # family -> number of identities
+    # IPv4 pieces again, as uint32 starts with a two-level radix index (``radix_index``)
+    v4_start: np.ndarray  # uint32
+    v4_l1: np.ndarray  # int64 [65536]
+    v4_l2: np.ndarray  # int32
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The arrays in the order the kernel unpacks them."""
@@ -48,11 +54,15 @@ class Classes:
             self.id_off,
             self.id_start_hi,
             self.id_start_lo,
-            self.id_of,
-            self.mem_off,
-            self.mem,
+            self.id_of.astype(np.int32),
+            self.mem_off.astype(np.int32),
+            self.mem_key,
+            self.mem_val,
             self.port_class,
             self.listed,
+            self.v4_start,
+            self.v4_l1,
+            self.v4_l2,
         )
 
 
@@ -61,7 +71,7 @@ def build_classes(program: Program, seed: int = 0x6E70656D75) -> Classes:
     n_sets = len(program.s_family)
     starts: list[list[int]] = []
     ids: list[np.ndarray] = []
-    pairs: list[np.ndarray] = []
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     id_off = [0]
     identities: dict[int, int] = {}
     base = 0
@@ -71,16 +81,18 @@ def build_classes(program: Program, seed: int = 0x6E70656D75) -> Classes:
         wide |= fam_wide
         starts.append(cut_list)
         ids.append(local + base)
-        fam_pairs[:, 0] += base
-        pairs.append(fam_pairs)
+        pairs.append((fam_pairs[0] + base, fam_pairs[1], fam_pairs[2]))
         id_off.append(id_off[-1] + len(cut_list))
         identities[fam] = int(local.max()) + 1
         base += identities[fam]
     no_identity = base
     hi, lo = split128([v for chunk in starts for v in chunk])
-    table = np.concatenate(pairs)  # rows: identity, key, c0, c1; sorted, unique per family
+    owner = np.concatenate([t[0] for t in pairs])  # rows: sorted, unique per family
     mem_off = np.zeros(no_identity + 2, dtype=np.int64)
-    mem_off[1:] = np.cumsum(np.bincount(table[:, 0], minlength=no_identity + 1))
+    mem_off[1:] = np.cumsum(np.bincount(owner, minlength=no_identity + 1))
+    del owner
+    v4_start = np.asarray(starts[0], dtype=np.uint32)
+    v4_l1, v4_l2 = radix_index(v4_start)
     return Classes(
         id_off=np.array(id_off, dtype=np.int64),
         id_start_hi=hi,
@@ -88,18 +100,65 @@ def build_classes(program: Program, seed: int = 0x6E70656D75) -> Classes:
         id_of=np.concatenate(ids).astype(np.int64),
         no_identity=no_identity,
         mem_off=mem_off,
-        mem=np.ascontiguousarray(table[:, 1:]),
-        port_class=_port_classes(program),
+        mem_key=np.concatenate([t[1] for t in pairs]).astype(np.int32),
+        mem_val=np.concatenate([t[2] for t in pairs]),
+        port_class=_port_classes(program).astype(np.int32),
         listed=(~wide).astype(np.uint8),
         identities=identities,
+        v4_start=v4_start,
+        v4_l1=v4_l1,
+        v4_l2=v4_l2,
     )
+
+
+RADIX_FILL = 1  # pieces a radix bucket may start, where the /16's budget of buckets allows
+
+
+def radix_index(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A two-level index over sorted IPv4 piece starts (``starts[0] == 0``).
+
+    The top 16 bits of an address pick ``l1[top] = buckets << 44 | offset << 21 | base << 5 |
+    shift``; of the low 16 bits, ``i = clamp(((low - base) >> shift) + 1, 0, buckets + 1)``
+    picks a bucket whose
+    piece is among ``l2[offset + i] .. l2[offset + i + 1]``. ``base`` is the first piece start in
+    the /16 and the buckets cover its pieces' span only (pod addresses crowd into a corner of
+    their /16), as coarse as holds at most RADIX_FILL piece starts each within a budget of 16
+    buckets per piece: a lookup is two reads and a search over a few pieces however many there
+    are, where a binary search over thousands of pieces misses the cache step after step."""
+    starts = starts.astype(np.int64)
+    top = starts >> 16
+    count = np.bincount(top, minlength=1 << 16)
+    bounds = np.searchsorted(top, np.arange((1 << 16) + 1))
+    shift = np.full(1 << 16, 16, dtype=np.int64)
+    base = np.zeros(1 << 16, dtype=np.int64)
+    buckets = np.zeros(1 << 16, dtype=np.int64)
+    for t in np.flatnonzero(count):
+        low = starts[bounds[t] : bounds[t + 1]] & 0xFFFF
+        first, span = int(low[0]), int(low[-1] - low[0])
+        s = 16
+        while s > 0 and (span >> (s - 1)) < 16 * count[t]:
+            if np.bincount((low - first) >> s).max() <= RADIX_FILL:
+                break
+            s -= 1
+        shift[t], base[t], buckets[t] = s, first, (span >> s) + 1
+    entries = buckets + 3
+    offset = np.cumsum(entries) - entries
+    l1 = (buckets << 44) | (offset << 21) | (base << 5) | shift
+    owner = np.repeat(np.arange(1 << 16, dtype=np.int64), entries)
+    i = np.arange(int(entries.sum()), dtype=np.int64) - offset[owner]
+    low_edge = base[owner] + ((i - 1) << shift[owner])
+    low_edge = np.where(i == 0, 0, np.where(i > buckets[owner], 0xFFFF, low_edge))
+    # the last piece starting at or before each bucket's first address
+    l2 = np.searchsorted(starts, (owner << 16) + low_edge, side="right") - 1
+    return l1, l2.astype(np.int32)
 
 
 def _family_classes(
     program: Program, family: int, rng: np.random.Generator, n_sets: int
-) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
-    """(first address of each elementary piece, identity per piece, membership rows, which
-    membership keys are too wide to list)."""
+) -> tuple[list[int], np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """(first address of each elementary piece, identity per piece, membership rows as
+    (identity, key, value) sorted by identity then key, which membership keys are too wide to
+    list)."""
     space = _SPACE[family]
     dtype = np.int64 if family == 4 else object  # IPv6 addresses stay Python ints
     set_ids = np.flatnonzero(program.s_family == family)
@@ -129,54 +188,61 @@ def _family_classes(
         b[inside] = np.searchsorted(ordered, nxt[inside])
         return np.searchsorted(ordered, starts).astype(np.int64), b
 
-    # every (set interval or run piece) as a range of elementary pieces, with key and candidates
+    # every (set interval or run piece) as a range of elementary pieces, with its key; int32
+    # and freed early, since there are millions of them for tens of thousands of pods
     sa, sb = pieceexpand_ranges(set_starts, set_ends)
+    del set_starts, set_ends
     ra, rb = pieceexpand_ranges(run_starts, run_ends)
-    A = np.concatenate([sa, ra])
-    B = np.concatenate([sb, rb])
-    n_set_rows = len(sa)
-    K = np.concatenate([set_keys, run_keys]).astype(np.int64)
-    c0 = np.concatenate([np.full(n_set_rows, -1, dtype=np.int64), program.ri_coff[rrows]])
-    c1 = np.concatenate([np.full(n_set_rows, -1, dtype=np.int64), program.ri_coff[rrows + 1]])
+    del run_starts, run_ends
+    A = np.concatenate([sa, ra]).astype(np.int32)
+    B = np.concatenate([sb, rb]).astype(np.int32)
+    del sa, sb, ra, rb
+    n_set_rows = len(set_keys)
+    K = np.concatenate([set_keys, run_keys]).astype(np.int32)
+    del run_keys
     # A key whose intervals span many pieces (a wide CIDR over thousands of pods) would add a row
     # to every identity it covers; such keys stay unlisted and the kernel searches their
     # intervals by address instead.
-    span = np.bincount(K, weights=B - A, minlength=width_of(program))
-    count = np.bincount(K, minlength=width_of(program))
+    width = width_of(program)
+    lengths = (B - A).astype(np.int64)
+    span = np.bincount(K, weights=lengths, minlength=width)
+    count = np.bincount(K, minlength=width)
     wide = span > 4 * count + WIDE_PIECES
-    keep = ~wide[K]
+    lengths[wide[K]] = 0
+    del span, count
 
     # identities: the pieces' set signatures (sets only: run keys are sets already)
-    owner = K[:n_set_rows]
-    r = rng.integers(0, 2**64, size=(max(n_sets, 1), 2), dtype=np.uint64)[owner]
-    sig = []
+    r = rng.integers(0, 2**64, size=(max(n_sets, 1), 2), dtype=np.uint64)[set_keys]
+    sig = np.zeros((n_pieces, 2), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for col in (0, 1):
             h = np.zeros(n_pieces + 1, dtype=np.uint64)
             np.add.at(h, A[:n_set_rows], r[:, col])
             np.subtract.at(h, B[:n_set_rows], r[:, col])
-            sig.append(np.cumsum(h[:-1], dtype=np.uint64))
-    _, identity = np.unique(np.stack(sig, axis=1), axis=0, return_inverse=True)
+            np.cumsum(h[:-1], dtype=np.uint64, out=sig[:, col])
+    del r, h, B
+    _, identity = np.unique(sig, axis=0, return_inverse=True)
     identity = identity.ravel().astype(np.int64)
+    del sig
 
     # membership rows: each range expanded to its pieces, then to identities, deduplicated
-    lengths = np.where(keep, B - A, 0)
-    row = np.repeat(np.arange(len(A)), lengths)
+    row = np.repeat(np.arange(len(A), dtype=np.int32), lengths)
     piece = expand_ranges(A, lengths)
-    width = width_of(program)
+    del A, lengths
     combined = identity[piece] * width + K[row]
-    _, first = np.unique(combined, return_index=True)  # sorted by (identity, key)
-    picked = row[first]
-    table = np.stack(
-        [
-            identity[piece[first]],
-            K[picked],
-            c0[picked],
-            c1[picked],
-        ],
-        axis=1,
-    )
-    return ordered.tolist(), identity, table, wide
+    del piece
+    keys, first = np.unique(combined, return_index=True)  # sorted by (identity, key)
+    del combined
+    picked = row[first].astype(np.int64)
+    del row, first
+    # a run row's value: its piece's candidate range [c0, c1) in Program.ri_cand
+    run_row = np.maximum(picked - n_set_rows, 0)
+    value = np.full(len(picked), -1, dtype=np.int64)
+    if len(rrows):
+        coff = program.ri_coff.astype(np.int64)
+        at = rrows[run_row]
+        value = np.where(picked >= n_set_rows, (coff[at] << 32) | coff[at + 1], value)
+    return ordered.tolist(), identity, (keys // width, keys % width, value), wide
 
 
 def _join(hi: np.ndarray, lo: np.ndarray, dtype: type) -> np.ndarray:

@@ -10,6 +10,8 @@ rules there are, only (logarithmically) on how many distinct addresses the table
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 from compiler.tables import Rule, Ruleset
@@ -31,8 +33,16 @@ class Engine:
         if cache_size and cache_size & (cache_size - 1):
             raise ValueError("cache_size must be a power of two (or 0)")
         self.ruleset = ruleset
-        self.program: Program = compile_program(ruleset)
-        self.classes: Classes = build_classes(self.program)
+        # The build allocates millions of small objects next to a Ruleset of millions more: with
+        # the collector on, its full passes over all of them took a good part of the build.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self.program: Program = compile_program(ruleset)
+            self.classes: Classes = build_classes(self.program)
+        finally:
+            if collecting:
+                gc.enable()
         # (chain, index, rule) for every rule; evaluate_explained() reports positions in this list
         self.rules: list[tuple[str, int, Rule]] = self.program.rules
         self._prog = self.program.arrays()

@@ -21,21 +21,17 @@ import numpy as np
 from numba import njit
 
 from .program import (
-    C_FAMILY,
+    C_ARG,
     C_HEADER,
-    C_JUMP,
+    C_INFO,
     C_MARK_MASK,
-    C_MARK_VALUE,
     C_MATCH,
-    C_NMATCH,
     C_RULE,
-    C_TARGET,
     M_CT,
     M_MARK,
     M_PORT,
     M_PROTO,
     M_SET,
-    OP_RUN,
     T_ACCEPT,
     T_DROP,
     T_JUMP,
@@ -51,10 +47,11 @@ _S32 = np.uint64(32)
 _S33 = np.uint64(33)
 _S40 = np.uint64(40)
 _ONE = np.uint64(1)
+_M32 = np.uint64(0xFFFFFFFF)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _lower_bound(mem, first, last, key):
+def _lower_bound(mem_key, first, last, key):
     """The first row in [first, last) whose key is >= key (branch-free halving)."""
     n = last - first
     if n <= 0:
@@ -62,9 +59,9 @@ def _lower_bound(mem, first, last, key):
     base = first
     while n > 1:
         half = n >> 1
-        base = base + half if mem[base + half - 1, 0] < key else base
+        base = base + half if mem_key[base + half - 1] < key else base
         n -= half
-    return base + (1 if mem[base, 0] < key else 0)
+    return base + (1 if mem_key[base] < key else 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -108,10 +105,10 @@ def classify(
     out_rule,
 ):
     """Fill out_ok / out_rule for every packet. ``cache_vals[i] == 0`` marks an empty slot; a
-    value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules inspected by walks]."""
+    value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules inspected
+    by walks]."""
     (
         chain_off,
-        op_kind,
         op_code,
         run_dir,
         ri_code,
@@ -129,7 +126,20 @@ def classify(
         ri_end_lo,
         ri_coff,
     ) = prog
-    id_off, id_start_hi, id_start_lo, id_of, mem_off, mem, port_class, listed = classes
+    (
+        id_off,
+        id_start_hi,
+        id_start_lo,
+        id_of,
+        mem_off,
+        mem_key,
+        mem_val,
+        port_class,
+        listed,
+        v4_start,
+        v4_l1,
+        v4_l2,
+    ) = classes
     no_identity = mem_off.shape[0] - 2
     stack = np.zeros((MAX_DEPTH, 4), dtype=np.int64)
     cap = cache_vals.shape[0]
@@ -143,15 +153,34 @@ def classify(
         # -- identities, the class key and the cache ---------------------------------------
         sid = no_identity
         did = no_identity
-        if fam == 4 or fam == 6:
-            a = id_off[0] if fam == 4 else id_off[1]
-            b = id_off[1] if fam == 4 else id_off[2]
+        if fam == 4:
+            for side in range(2):
+                q = np.int64(src_lo[p] if side == 0 else dst_lo[p])
+                e = v4_l1[q >> 16]
+                i = (((q & 0xFFFF) - ((e >> 5) & 0xFFFF)) >> (e & 31)) + 1
+                i = min(max(i, 0), (e >> 44) + 1)
+                at = ((e >> 21) & 0x7FFFFF) + i
+                # the last piece starting at or before q within the bucket; branch-free halving,
+                # since the comparisons are unpredictable
+                base = np.int64(v4_l2[at])
+                n = np.int64(v4_l2[at + 1]) - base + 1
+                while n > 1:
+                    half = n >> 1
+                    m = base + half
+                    start = np.int64(v4_start[m])
+                    base = m if start <= q else base
+                    n -= half
+                if side == 0:
+                    sid = id_of[base]
+                else:
+                    did = id_of[base]
+        elif fam == 6:
+            a = id_off[1]
+            b = id_off[2]
             for side in range(2):
                 qhi = src_hi[p] if side == 0 else dst_hi[p]
                 qlo = src_lo[p] if side == 0 else dst_lo[p]
-                # the last piece starting at or before q (piece a starts at address 0);
-                # branch-free halving, since the comparisons are unpredictable
-                base = a
+                base = a  # piece a starts at address 0
                 n = b - a
                 while n > 1:
                     half = n >> 1
@@ -197,21 +226,25 @@ def classify(
         mark = np.uint64(0)
         depth = 0
         chain = entry
-        op = chain_off[chain]
-        cand = -1  # position in ri_cand while visiting a run's candidates
+        op = np.int64(chain_off[chain])
+        op_end = np.int64(chain_off[chain + 1])
+        cand = -1  # position in ri_code while visiting a run's candidates
         cand_end = -1
         verdict = True
         decided = -1
+        inspected = 0
         while True:
+            skip = 0  # a run's candidate skips its key match, which it is known to pass
             if cand >= 0:
                 if cand >= cand_end:
                     cand = -1
                     op += 1
                     continue
-                k = ri_code[cand]
+                k = np.int64(ri_code[cand])
                 cand += 1
+                skip = C_MATCH
             else:
-                if op >= chain_off[chain + 1]:  # fell off the chain: an implicit RETURN
+                if op >= op_end:  # fell off the chain: an implicit RETURN
                     if depth == 0:
                         break
                     depth -= 1
@@ -219,16 +252,21 @@ def classify(
                     op = stack[depth, 1]
                     cand = stack[depth, 2]
                     cand_end = stack[depth, 3]
+                    op_end = np.int64(chain_off[chain + 1])
                     continue
-                if op_kind[op] == OP_RUN:
-                    u = op_code[op]
+                k = np.int64(op_code[op])
+                if k < 0:  # a run
+                    u = -1 - k
                     key = n_sets + u
                     if listed[key]:
                         ident = sid if run_dir[u] == 0 else did
-                        lo = _lower_bound(mem, mem_off[ident], mem_off[ident + 1], key)
-                        if lo < mem_off[ident + 1] and mem[lo, 0] == key:
-                            cand = mem[lo, 1]
-                            cand_end = mem[lo, 2]
+                        first = mem_off[ident]
+                        last = mem_off[ident + 1]
+                        lo = _lower_bound(mem_key, first, last, key)
+                        if lo < last and mem_key[lo] == key:
+                            val = mem_val[lo]
+                            cand = val >> 32
+                            cand_end = val & 0xFFFFFFFF
                             continue
                     elif fam == 4 or fam == 6:  # a wide run: find its piece by address
                         qhi = src_hi[p] if run_dir[u] == 0 else dst_hi[p]
@@ -243,52 +281,57 @@ def classify(
                             continue
                     op += 1
                     continue
-                k = op_code[op]
                 op += 1
 
             # does the rule at code[k] match?
-            counters[3] += 1
-            rf = code[k + C_FAMILY]
+            inspected += 1
+            info = np.int64(code[k + C_INFO])
+            rf = info & 15
             matched = rf == 0 or rf == fam
-            j = k + C_HEADER
-            j_end = j + C_MATCH * code[k + C_NMATCH]
+            j = k + C_HEADER + skip
+            j_end = k + C_HEADER + C_MATCH * (info >> 8)
             while matched and j < j_end:
-                kind = code[j]
+                kind = code[j] & 15
                 if kind == M_SET:
-                    key = code[j + 2]
+                    key = np.int64(code[j + 1])
+                    side = code[j] >> 4
                     if listed[key]:
-                        ident = sid if code[j + 1] == 0 else did
-                        lo = _lower_bound(mem, mem_off[ident], mem_off[ident + 1], key)
-                        matched = lo < mem_off[ident + 1] and mem[lo, 0] == key
+                        ident = sid if side == 0 else did
+                        first = mem_off[ident]
+                        last = mem_off[ident + 1]
+                        lo = _lower_bound(mem_key, first, last, key)
+                        matched = lo < last and mem_key[lo] == key
                     elif s_family[key] != fam:
                         matched = False
                     else:  # a wide set: search its intervals by address
-                        qhi = src_hi[p] if code[j + 1] == 0 else dst_hi[p]
-                        qlo = src_lo[p] if code[j + 1] == 0 else dst_lo[p]
+                        qhi = src_hi[p] if side == 0 else dst_hi[p]
+                        qlo = src_lo[p] if side == 0 else dst_lo[p]
                         i = _last_le(s_start_hi, s_start_lo, s_off[key], s_off[key + 1], qhi, qlo)
                         matched = i >= s_off[key] and _le(qhi, qlo, s_end_hi[i], s_end_lo[i])
                 elif kind == M_PROTO:
-                    matched = pr == code[j + 2]
+                    matched = pr == code[j + 1]
                 elif kind == M_PORT:
-                    matched = (pr == 6 or pr == 17 or pr == 132) and code[j + 3] <= dp <= code[
-                        j + 4
+                    matched = (pr == 6 or pr == 17 or pr == 132) and code[j + 1] <= dp <= code[
+                        j + 2
                     ]
                 elif kind == M_CT:
-                    matched = (code[j + 2] >> c) & 1 == 1
+                    matched = (code[j + 1] >> c) & 1 == 1
                 elif kind == M_MARK:
-                    matched = (mark & np.uint64(code[j + 2])) == np.uint64(code[j + 3])
+                    matched = (mark & (np.uint64(code[j + 1]) & _M32)) == (
+                        np.uint64(code[j + 2]) & _M32
+                    )
                 j += C_MATCH
             if not matched:
                 continue
 
-            target = code[k + C_TARGET]
+            target = (info >> 4) & 15
             if target in (T_ACCEPT, T_DROP):
                 verdict = target == T_ACCEPT
                 decided = code[k + C_RULE]
                 break
             if target == T_MARK:
-                mark = (mark & ~np.uint64(code[k + C_MARK_MASK])) ^ np.uint64(
-                    code[k + C_MARK_VALUE]
+                mark = (mark & ~(np.uint64(code[k + C_MARK_MASK]) & _M32)) ^ (
+                    np.uint64(code[k + C_ARG]) & _M32
                 )
             elif target == T_JUMP:
                 stack[depth, 0] = chain
@@ -296,8 +339,9 @@ def classify(
                 stack[depth, 2] = cand
                 stack[depth, 3] = cand_end
                 depth += 1
-                chain = code[k + C_JUMP]
-                op = chain_off[chain]
+                chain = code[k + C_ARG]
+                op = np.int64(chain_off[chain])
+                op_end = np.int64(chain_off[chain + 1])
                 cand = -1
                 cand_end = -1
             elif target == T_RETURN:
@@ -308,7 +352,9 @@ def classify(
                 op = stack[depth, 1]
                 cand = stack[depth, 2]
                 cand_end = stack[depth, 3]
+                op_end = np.int64(chain_off[chain + 1])
 
+        counters[3] += inspected
         out_ok[p] = verdict
         out_rule[p] = decided
         if cap > 0:

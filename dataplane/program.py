@@ -48,9 +48,13 @@ TARGETS = {"ACCEPT": T_ACCEPT, "DROP": T_DROP, "RETURN": T_RETURN, "JUMP": T_JUM
 M_SET, M_PROTO, M_PORT, M_CT, M_MARK = 1, 2, 3, 4, 5
 DIRS = {"src": 0, "dst": 1}
 
-# one rule's code: a header, then 5 words per match (kind, dir, a, b, c)
-C_RULE, C_FAMILY, C_TARGET, C_JUMP, C_MARK_VALUE, C_MARK_MASK, C_NMATCH = range(7)
-C_HEADER, C_MATCH = 7, 5
+# One rule's code, int32 words: a header (rule index; family | target << 4 | matches << 8; jump
+# chain or mark value; mark mask), then 3 words per match (kind | dir << 4, a, b). Marks are
+# 32-bit patterns stored as int32. A rule's key match (see runs) comes first, so that a run's
+# candidate, already known to match its key, can skip it. Small words keep a rule in one or two
+# cache lines: at 100k rules the walk's cost is cache misses far more than instructions.
+C_RULE, C_INFO, C_ARG, C_MARK_MASK = range(4)
+C_HEADER, C_MATCH = 4, 3
 
 MIN_RUN = 4  # shorter sequences are cheaper to test rule by rule
 _MASK64 = (1 << 64) - 1
@@ -71,11 +75,18 @@ class RunIndex:
     cand: np.ndarray
 
 
-def ipset_intervals(ipset: IPSet) -> list[Interval]:
-    """The exact membership of an ipset as sorted disjoint [start, end] integer intervals."""
+def ipset_intervals(ipset: IPSet, parsed: dict[str, int] | None = None) -> list[Interval]:
+    """The exact membership of an ipset as sorted disjoint [start, end] integer intervals.
+    ``parsed`` memoises address texts across sets (a pod's address is in many sets)."""
     if ipset.kind == "hash:ip":
-        values = sorted({int(ipaddress.ip_address(e.split("/")[0])) for e in ipset.entries})
-        return [(v, v) for v in values]
+        memo = {} if parsed is None else parsed
+        values = set()
+        for e in ipset.entries:
+            v = memo.get(e)
+            if v is None:
+                v = memo[e] = int(ipaddress.ip_address(e.split("/")[0]))
+            values.add(v)
+        return [(v, v) for v in sorted(values)]
     return match_intervals(
         [ipaddress.ip_network(e, strict=False) for e in ipset.entries],
         [ipaddress.ip_network(e, strict=False) for e in ipset.nomatch],
@@ -132,27 +143,26 @@ class Program:
     ri_start_lo: np.ndarray
     ri_end_hi: np.ndarray
     ri_end_lo: np.ndarray
-    ri_coff: np.ndarray  # int64 [intervals + 1] into ri_cand
-    ri_cand: np.ndarray  # int64 rule indices, in rule order within each interval
+    ri_coff: np.ndarray  # int32 (int64 if huge) [intervals + 1] into ri_cand
+    ri_cand: np.ndarray  # int32 rule indices, in rule order within each interval
     # the rules again, each one contiguous (one or two cache lines for a random visit) and the
     # operations / candidates pointing into it
-    code: np.ndarray  # int64
+    code: np.ndarray  # int32
     code_off: np.ndarray  # int64 [rules]: where rule k's code starts
 
     def arrays(self) -> tuple[np.ndarray, ...]:
-        """What the kernel walks, in the order it unpacks them: chain_off, op_kind, op_code
-        (code offset or run index), run_dir, ri_code (candidates as code offsets), code, then
+        """What the kernel walks, in the order it unpacks them: chain_off, op_code (a rule's
+        code offset, or ``-1 - run``), run_dir, ri_code (candidates as code offsets), code, then
         the sets' and runs' address intervals, searched for keys too wide to list per identity
         (``dataplane.classes``)."""
         rule_ops = self.op_kind == OP_RULE
-        op_code = self.op_arg.copy()
+        op_code = -1 - self.op_arg
         op_code[rule_ops] = self.code_off[self.op_arg[rule_ops]]
         return (
-            self.chain_off,
-            self.op_kind,
-            op_code,
+            self.chain_off.astype(np.int32),
+            op_code.astype(np.int32),
             self.run_dir,
-            self.code_off[self.ri_cand] if len(self.ri_cand) else self.ri_cand,
+            self.code_off[self.ri_cand].astype(np.int32),
             self.code,
             self.s_family,
             self.s_off,
@@ -177,6 +187,8 @@ class _Builder:
         self.set_ivs: list[list[Interval]] = []
         self.runs: list[tuple[int, dict[int, RunIndex]]] = []
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cidr: dict[str, int] = {}
+        self._parsed: dict[str, int] = {}
 
     def set_arrays(self, s: int) -> tuple[np.ndarray, np.ndarray]:
         """Set ``s``'s interval starts and ends: int64 for IPv4, Python ints (object) for IPv6."""
@@ -200,17 +212,19 @@ class _Builder:
 
     def address_set(self, m: SetMatch | AddrMatch) -> int:
         if isinstance(m, SetMatch):
-            ipset = self.ruleset.sets[m.set]
-            if m.set not in self.set_index:
-                return self.intern_set(m.set, ipset.family, ipset_intervals(ipset))
-            return self.set_index[m.set]
-        net = ipaddress.ip_network(m.cidr, strict=False)
-        key = f"cidr:{net}"
-        if key not in self.set_index:
-            return self.intern_set(
-                key, net.version, [(int(net.network_address), int(net.broadcast_address))]
+            idx = self.set_index.get(m.set)
+            if idx is None:
+                ipset = self.ruleset.sets[m.set]
+                idx = self.intern_set(m.set, ipset.family, ipset_intervals(ipset, self._parsed))
+            return idx
+        # the same literal recurs in every rule naming a pod (dispatch, self): parse it once
+        idx = self._cidr.get(m.cidr)
+        if idx is None:
+            net = ipaddress.ip_network(m.cidr, strict=False)
+            idx = self._cidr[m.cidr] = self.intern_set(
+                f"cidr:{net}", net.version, [(int(net.network_address), int(net.broadcast_address))]
             )
-        return self.set_index[key]
+        return idx
 
 
 def _key_match(rule: Rule) -> SetMatch | AddrMatch | None:
@@ -218,6 +232,13 @@ def _key_match(rule: Rule) -> SetMatch | AddrMatch | None:
         if isinstance(m, (SetMatch, AddrMatch)):
             return m
     return None
+
+
+def _word32(value: int) -> int:
+    """A 32-bit mark pattern as the int32 word that holds it."""
+    if not 0 <= value < 1 << 32:
+        raise ValueError(f"mark {value:#x} does not fit in 32 bits")
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def compile_program(ruleset: Ruleset) -> Program:
@@ -231,16 +252,24 @@ def compile_program(ruleset: Ruleset) -> Program:
         for i, rule in enumerate(chain.rules)
     ]
 
-    r_family = np.zeros(len(rules), dtype=np.uint8)
-    r_target = np.zeros(len(rules), dtype=np.uint8)
-    r_jump = np.full(len(rules), -1, dtype=np.int64)
-    r_mark_value = np.zeros(len(rules), dtype=np.uint64)
-    r_mark_mask = np.zeros(len(rules), dtype=np.uint64)
-    r_moff = np.zeros(len(rules) + 1, dtype=np.int64)
-    m_rows: list[tuple[int, int, int, int, int]] = []
+    n_rules = len(rules)
+    r_family = np.zeros(n_rules, dtype=np.uint8)
+    r_target = np.zeros(n_rules, dtype=np.uint8)
+    r_jump = np.full(n_rules, -1, dtype=np.int64)
+    r_mark_value = np.zeros(n_rules, dtype=np.uint64)
+    r_mark_mask = np.zeros(n_rules, dtype=np.uint64)
+    # matches as flat int lists (one entry per match row): far lighter than a tuple per row
+    m_kind: list[int] = []
+    m_dir: list[int] = []
+    m_a: list[int] = []
+    m_b: list[int] = []
+    m_c: list[int] = []
+    n_match = np.zeros(n_rules, dtype=np.int64)
+    key_pos = np.zeros(n_rules, dtype=np.int64)  # which match of the rule is its key
     keys: list[tuple[int, int] | None] = []  # per rule: (direction, set index) of its key match
+    family_of = {None: 0, 4: 4, 6: 6}
     for k, (_, _, rule) in enumerate(rules):
-        r_family[k] = rule.family or 0
+        r_family[k] = family_of[rule.family]
         r_target[k] = TARGETS[rule.target]
         if rule.target == "JUMP":
             if rule.jump not in chain_index:
@@ -249,26 +278,36 @@ def compile_program(ruleset: Ruleset) -> Program:
         if rule.mark is not None:
             r_mark_value[k], r_mark_mask[k] = rule.mark
         key = None
-        for m in rule.matches:
+        for i, m in enumerate(rule.matches):
             if isinstance(m, (SetMatch, AddrMatch)):
                 s = b.address_set(m)
-                m_rows.append((M_SET, DIRS[m.dir], s, 0, 0))
+                row = (M_SET, DIRS[m.dir], s, 0, 0)
                 if key is None:
-                    key = (DIRS[m.dir], s)
+                    key = (row[1], s)
+                    key_pos[k] = i
             elif isinstance(m, ProtoMatch):
-                m_rows.append((M_PROTO, 0, IP_PROTOCOLS[m.protocol], 0, 0))
+                row = (M_PROTO, 0, IP_PROTOCOLS[m.protocol], 0, 0)
             elif isinstance(m, PortMatch):
-                m_rows.append((M_PORT, 0, 0, m.lo, m.hi))
+                row = (M_PORT, 0, 0, m.lo, m.hi)
             elif isinstance(m, CtStateMatch):
-                bits = sum(1 << CT_CODES[s] for s in set(m.states))
-                m_rows.append((M_CT, 0, bits, 0, 0))
+                row = (M_CT, 0, sum(1 << CT_CODES[s] for s in set(m.states)), 0, 0)
             elif isinstance(m, MarkMatch):
-                m_rows.append((M_MARK, 0, m.mask, m.value, 0))
+                row = (M_MARK, 0, m.mask, m.value, 0)
             else:
                 raise TypeError(f"unknown match {m!r}")
+            m_kind.append(row[0])
+            m_dir.append(row[1])
+            m_a.append(row[2])
+            m_b.append(row[3])
+            m_c.append(row[4])
+        n_match[k] = len(rule.matches)
         keys.append(key)
-        r_moff[k + 1] = len(m_rows)
-    m = np.array(m_rows, dtype=np.int64).reshape(-1, 5)
+    r_moff = np.zeros(n_rules + 1, dtype=np.int64)
+    np.cumsum(n_match, out=r_moff[1:])
+    m = np.stack(
+        [np.array(col, dtype=np.int64) for col in (m_kind, m_dir, m_a, m_b, m_c)], axis=1
+    ).reshape(-1, 5)
+    del m_kind, m_dir, m_a, m_b, m_c
 
     op_kind: list[int] = []
     op_arg: list[int] = []
@@ -296,37 +335,53 @@ def compile_program(ruleset: Ruleset) -> Program:
                 parts.append(idx)
             run_off.append(run_off[-1] + (len(idx.counts) if idx is not None else 0))
 
-    def joined(name: str, dtype: type) -> np.ndarray:
-        return np.concatenate([getattr(x, name) for x in parts]) if parts else np.zeros(0, dtype)
-
-    ri_start_hi, ri_start_lo = joined("start_hi", np.uint64), joined("start_lo", np.uint64)
-    ri_end_hi, ri_end_lo = joined("end_hi", np.uint64), joined("end_lo", np.uint64)
-    counts = [x.counts for x in parts]
-    cands = [x.cand for x in parts]
-    ri_coff = np.zeros(len(ri_start_lo) + 1, dtype=np.int64)
-    if counts:
-        ri_coff[1:] = np.cumsum(np.concatenate(counts))
-    ri_cand = np.concatenate(cands) if cands else np.zeros(0, dtype=np.int64)
-
-    n_match = np.diff(r_moff)
-    code_off = C_HEADER * np.arange(len(rules), dtype=np.int64) + C_MATCH * r_moff[:-1]
-    code = np.zeros(C_HEADER * len(rules) + C_MATCH * len(m), dtype=np.int64)
-    header = np.stack(
-        [
-            np.arange(len(rules), dtype=np.int64),
-            r_family.astype(np.int64),
-            r_target.astype(np.int64),
-            r_jump,
-            r_mark_value.astype(np.int64),
-            r_mark_mask.astype(np.int64),
-            n_match,
-        ],
-        axis=1,
+    # the runs' pieces copied into preallocated arrays, each run's own arrays dropped as soon as
+    # they are copied: a concatenate would hold every piece twice at the peak
+    n_pieces = run_off[-1]
+    n_cand = sum(len(x.cand) for x in parts)
+    ri_start_hi, ri_start_lo, ri_end_hi, ri_end_lo = (
+        np.zeros(n_pieces, dtype=np.uint64) for _ in range(4)
     )
-    code[code_off[:, None] + np.arange(C_HEADER)] = header
-    owner = np.repeat(np.arange(len(rules)), n_match)
-    first = code_off[owner] + C_HEADER + C_MATCH * (np.arange(len(m)) - r_moff[owner])
-    code[first[:, None] + np.arange(C_MATCH)] = m
+    ri_coff = np.zeros(n_pieces + 1, dtype=np.int32 if n_cand < 1 << 31 else np.int64)
+    ri_cand = np.zeros(n_cand, dtype=np.int32)
+    at = cat = 0
+    for x in parts:
+        n = len(x.counts)
+        ri_start_hi[at : at + n], ri_start_lo[at : at + n] = x.start_hi, x.start_lo
+        ri_end_hi[at : at + n], ri_end_lo[at : at + n] = x.end_hi, x.end_lo
+        ri_coff[at + 1 : at + n + 1] = cat + np.cumsum(x.counts)
+        ri_cand[cat : cat + len(x.cand)] = x.cand
+        at, cat = at + n, cat + len(x.cand)
+    parts.clear()
+    b.runs = [(d, {}) for d, _ in b.runs]
+
+    code_off = C_HEADER * np.arange(n_rules, dtype=np.int64) + C_MATCH * r_moff[:-1]
+    code = np.zeros(C_HEADER * n_rules + C_MATCH * len(m), dtype=np.int32)
+    marks = r_target == T_MARK
+    arg = r_jump.copy()
+    arg[marks] = [_word32(int(v)) for v in r_mark_value[marks]]
+    mask_words = np.zeros(n_rules, dtype=np.int64)
+    mask_words[marks] = [_word32(int(v)) for v in r_mark_mask[marks]]
+    info = r_family.astype(np.int64) | (r_target.astype(np.int64) << 4) | (n_match << 8)
+    for col, values in enumerate((np.arange(n_rules), info, arg, mask_words)):
+        code[code_off + col] = values
+    # match rows in code order: the key match moved to the front, the others keep their order
+    owner = np.repeat(np.arange(n_rules), n_match)
+    pos = np.arange(len(m)) - r_moff[owner]
+    has_key = np.array([key is not None for key in keys], dtype=bool)[owner]
+    kp = key_pos[owner]
+    slot = np.where(has_key & (pos == kp), 0, pos + (has_key & (pos < kp)))
+    first = code_off[owner] + C_HEADER + C_MATCH * slot
+    marks_m = m[:, 0] == M_MARK
+    word_a = m[:, 2].copy()
+    word_b = np.where(m[:, 0] == M_PORT, m[:, 3], 0)
+    word_a[m[:, 0] == M_PORT] = m[m[:, 0] == M_PORT, 3]
+    word_b[m[:, 0] == M_PORT] = m[m[:, 0] == M_PORT, 4]
+    word_a[marks_m] = [_word32(int(v)) for v in m[marks_m, 2]]
+    word_b[marks_m] = [_word32(int(v)) for v in m[marks_m, 3]]
+    code[first] = m[:, 0] | (m[:, 1] << 4)
+    code[first + 1] = word_a
+    code[first + 2] = word_b
 
     return Program(
         entry=chain_index[ruleset.entry],
@@ -360,7 +415,7 @@ def compile_program(ruleset: Ruleset) -> Program:
         ri_end_hi=ri_end_hi,
         ri_end_lo=ri_end_lo,
         ri_coff=ri_coff,
-        ri_cand=ri_cand.astype(np.int64),
+        ri_cand=ri_cand,
         code=code,
         code_off=code_off,
     )
