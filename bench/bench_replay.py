@@ -43,3 +43,23 @@ def test_replay_scapy_baseline(benchmark, quick_workload) -> None:
     ref = handwritten_replay(quick_workload.path, rs, max_packets=SCAPY_PREFIX, rules=loop)
     assert res.packets == SCAPY_PREFIX
     assert (res.allowed, res.dropped) == (ref.allowed, ref.dropped)
+
+
+def test_profile_report_names_every_stage(tmp_path) -> None:
+    """``python -m bench.sweep --profile`` on a small capture: every stage is timed and the
+    stages account for the replay (the glue line is what they leave out)."""
+    from bench.sweep import profile_replay
+
+    report = profile_replay(tmp_path, packets=5_000, flows=200)
+    assert (tmp_path / "profile.txt").read_text() == report
+    assert report.startswith("replay of 5000 packets / 200 flows")
+    rows = {
+        line.split()[0]: line.split()
+        for line in report.splitlines()[3:11]
+        if line and not line.startswith(" ")
+    }
+    stages = ["read", "parse", "classify", "conntrack", "reasons", "count", "(glue)"]
+    assert list(rows) == stages
+    ns_per_packet = {name: float(row[-1]) for name, row in rows.items() if name != "(glue)"}
+    assert all(ns > 0 for ns in ns_per_packet.values()), ns_per_packet
+    assert "function calls" in report and "Ordered by: internal time" in report  # cProfile
