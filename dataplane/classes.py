@@ -119,8 +119,7 @@ def radix_index(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The top 16 bits of an address pick ``l1[top] = buckets << 44 | offset << 21 | base << 5 |
     shift``; of the low 16 bits, ``i = clamp(((low - base) >> shift) + 1, 0, buckets + 1)``
-    picks a bucket whose
-    piece is among ``l2[offset + i] .. l2[offset + i + 1]``. ``base`` is the first piece start in
+    picks a bucket whose piece is among ``l2[offset + i] .. l2[offset + i + 1]``. ``base`` is the first piece start in
     the /16 and the buckets cover its pieces' span only (pod addresses crowd into a corner of
     their /16), as coarse as holds at most RADIX_FILL piece starts each within a budget of 16
     buckets per piece: a lookup is two reads and a search over a few pieces however many there

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from dataplane.packets import COLUMNS, FRAGMENT, MALFORMED, NOT_IP, OK, PacketBatch
+from dataplane.packets import FRAGMENT, MALFORMED, NOT_IP, OK, PacketBatch
 from dataplane.prefetch import prefetch
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +185,6 @@ _layer = njit(cache=True, _nrt=False, inline="always")
 # typically a trip to memory, and overlapping them was 3x faster than waiting on each.
 _AHEAD = 16
 
-_FILL = {"icmp_type": -1, "icmp_code": -1}  # not ICMP
 _SHI, _SLO, _DHI, _DLO, _ISHI, _ISLO, _IDHI, _IDLO = range(8)
 _U_COLUMNS = (
     "src_hi",
@@ -612,19 +611,16 @@ def parse_frames(
     if not (len(caps) == len(origs) == len(lts) == n):
         raise ValueError("offsets, caplen, origlen and link_type must have the same length")
 
-    # the kernel writes each field straight into its column (tuples of typed arrays): no
-    # staging table to convert afterwards
-    cols: dict[str, np.ndarray] = {name: np.zeros(n, COLUMNS[name]) for name in _U_COLUMNS}
-    for name in _V_COLUMNS:
-        cols[name] = np.full(n, _FILL.get(name, 0), COLUMNS[name])
+    batch = PacketBatch.empty(n)  # every column at its default; the kernel fills them in place
     if n:
-        V = tuple(cols[name] for name in _V_COLUMNS)
-        U = tuple(cols[name] for name in _U_COLUMNS)
+        V = tuple(getattr(batch, name) for name in _V_COLUMNS)
+        U = tuple(getattr(batch, name) for name in _U_COLUMNS)
         _parse_kernel(buf, offs, caps, origs, lts, V, U)
-    cols["index"] = np.arange(n, dtype=np.int64) if index is None else _as_int64(index, n)
-    cols["ts"] = np.broadcast_to(np.asarray(ts, dtype=np.float64), (n,)).copy()
-    cols["length"] = origs.astype(np.uint32)
-    return PacketBatch(**cols)
+    if index is not None:
+        batch.index = _as_int64(index, n)
+    batch.ts = np.broadcast_to(np.asarray(ts, dtype=np.float64), (n,)).copy()
+    batch.length = origs.astype(np.uint32)
+    return batch
 
 
 def scapy_link_type(pkt: Any) -> int:

@@ -31,6 +31,7 @@ from .flowtable import FlowTable
 from .packets import FRAGMENT, MALFORMED, NOT_IP, OK, PROTO_NAMES, PacketBatch, pair_to_ip
 
 CT_LABELS = {int(s): s.name.lower() for s in CtState}
+_FRESH = (CtState.NEW, CtState.UNTRACKED)  # the states whose packets the policy decides
 
 
 @dataclass
@@ -169,33 +170,25 @@ class Replayer:
         self.conntrack = conntrack if conntrack is not None else Conntrack()
         self.reason_table = ReasonTable()
         rt = self.reason_table
-        self._fixed = {
-            name: rt.code(name)
-            for name in ("not ip", "malformed", "fragment", "established", "related")
-        }
+        # the codes the reason kernel writes: fixed ones (in _reason_codes' order), conntrack's
+        # INVALID reasons, the fall-through "allowed by policy" per state [NEW, UNTRACKED]
+        self._fixed_codes = np.array(
+            [rt.code(k) for k in ("not ip", "malformed", "fragment", "established", "related")],
+            dtype=np.int64,
+        )
         self._fragment_codes = (
             rt.code("fragment: follows its datagram"),
             rt.code("fragment: first fragment not seen"),
         )
-        # conntrack's reason codes -> ours, for INVALID packets
         self._invalid = np.array(
             [rt.code(f"invalid: {t}" if t else "invalid") for t in CT_REASON_TEXT], dtype=np.int64
         )
-        self._allowed_code = {
-            state: rt.code(f"{CT_LABELS[state]}: allowed by policy")
-            for state in (CtState.NEW, CtState.UNTRACKED)
-        }
-        self._decided_code: dict[tuple[int, int], int] = {}  # (state, deciding rule) -> code
-        # the same for the kernel: [NEW, UNTRACKED] x (deciding rule + 1, -1 = the chain's
-        # policy), -1 where not interned yet
-        self._decided_map = np.full((2, 1), -1, dtype=np.int64)
-        self._fixed_codes = np.array(
-            [self._fixed[k] for k in ("not ip", "malformed", "fragment", "established", "related")],
-            dtype=np.int64,
-        )
         self._allowed_codes = np.array(
-            [self._allowed_code[CtState.NEW], self._allowed_code[CtState.UNTRACKED]], np.int64
+            [rt.code(f"{CT_LABELS[state]}: allowed by policy") for state in _FRESH], dtype=np.int64
         )
+        # reasons naming the deciding rule: [NEW, UNTRACKED] x (rule index + 1, 0 = the chain's
+        # policy), -1 until a packet first needs one
+        self._decided_codes = np.full((2, len(self.engine.rules) + 1), -1, dtype=np.int64)
         self._fragments: dict[tuple, bool] = {}
         # where a replay's time goes, per stage (a few clock reads per chunk, never per packet)
         self.stage_seconds: Counter[str] = Counter()
@@ -226,35 +219,21 @@ class Replayer:
     ) -> np.ndarray:
         """A reason code per packet, by one kernel pass; reasons naming a rule not met before
         are interned afterwards, for the (few) rows that need them."""
-        need = len(self.engine.rules) + 1
-        if self._decided_map.shape[1] < need:
-            grown = np.full((2, need), -1, dtype=np.int64)
-            grown[:, : self._decided_map.shape[1]] = self._decided_map
-            self._decided_map = grown
         codes = np.empty(len(batch), dtype=np.int64)
         missing = _reason_codes(
             batch.status, ct, allowed, ct_reason, decider.astype(np.int64, copy=False),
-            self._fixed_codes, self._invalid, self._allowed_codes, self._decided_map, codes,
+            self._fixed_codes, self._invalid, self._allowed_codes, self._decided_codes, codes,
         )  # fmt: skip
         if missing:
             rows = np.flatnonzero(codes < 0)
-            fresh = (ct[rows] == CtState.UNTRACKED).astype(np.int64)
-            pairs, inverse = np.unique(
-                np.stack([fresh, decider[rows].astype(np.int64)]), axis=1, return_inverse=True
-            )
-            for row, rule in pairs.T.tolist():
-                state = CtState.UNTRACKED if row else CtState.NEW
-                self._decided_map[row, rule + 1] = self._decided(int(state), rule)
-            codes[rows] = self._decided_map[pairs[0], pairs[1] + 1][inverse.ravel()]
+            row_state = (ct[rows] == CtState.UNTRACKED).astype(np.int64)
+            row_rule = decider[rows].astype(np.int64) + 1
+            for state, rule in set(zip(row_state.tolist(), row_rule.tolist(), strict=True)):
+                comment = self.engine.rules[rule - 1][2].comment if rule else "denied"
+                text = f"{CT_LABELS[_FRESH[state]]}: {comment}"
+                self._decided_codes[state, rule] = self.reason_table.code(text)
+            codes[rows] = self._decided_codes[row_state, row_rule]
         return codes
-
-    def _decided(self, state: int, rule_index: int) -> int:
-        code = self._decided_code.get((state, rule_index))
-        if code is None:
-            comment = self.engine.rules[rule_index][2].comment if rule_index >= 0 else "denied"
-            code = self.reason_table.code(f"{CT_LABELS[state]}: {comment}")
-            self._decided_code[(state, rule_index)] = code
-        return code
 
     def _follow_fragments(self, batch: PacketBatch, allowed: np.ndarray, codes: np.ndarray) -> None:
         firsts = (batch.status == OK) & batch.frag_more & (batch.frag_offset == 0)
