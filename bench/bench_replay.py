@@ -55,10 +55,10 @@ def test_profile_report_names_every_stage(tmp_path) -> None:
     assert report.startswith("replay of 5000 packets / 200 flows")
     rows = {
         line.split()[0]: line.split()
-        for line in report.splitlines()[3:11]
+        for line in report.splitlines()[3:10]
         if line and not line.startswith(" ")
     }
-    stages = ["read", "parse", "classify", "conntrack", "reasons", "count", "(glue)"]
+    stages = ["read", "parse", "conntrack", "reasons", "count", "(glue)"]
     assert list(rows) == stages
     ns_per_packet = {name: float(row[-1]) for name, row in rows.items() if name != "(glue)"}
     assert all(ns > 0 for ns in ns_per_packet.values()), ns_per_packet

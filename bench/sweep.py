@@ -766,14 +766,14 @@ def profile_replay(out: Path, packets: int = 1_000_000, flows: int = 10_000) -> 
         buf.write(
             f"replay of {summary.packets} packets / {flows} flows / {rs.rule_count()} rules: "
             f"{wall:.3f} s, {summary.packets / wall / 1e6:.2f} M packets/s\n\n"
-            f"{'stage':<14}{'seconds':>9}{'share':>8}{'ns/packet':>11}\n"
+            f"{'stage':<20}{'seconds':>9}{'share':>8}{'ns/packet':>11}\n"
         )
         for name, secs in stages.items():
             buf.write(
-                f"{name:<14}{secs:>9.3f}{secs / wall:>8.0%}{secs / summary.packets * 1e9:>11.1f}\n"
+                f"{name:<20}{secs:>9.3f}{secs / wall:>8.0%}{secs / summary.packets * 1e9:>11.1f}\n"
             )
         other = wall - sum(stages.values())
-        buf.write(f"{'(glue)':<14}{other:>9.3f}{other / wall:>8.0%}\n\n")
+        buf.write(f"{'(glue)':<20}{other:>9.3f}{other / wall:>8.0%}\n\n")
         prof = cProfile.Profile()
         prof.enable()
         replay((c.parse() for c in open_capture(path).chunks()), Replayer(rs))

@@ -80,8 +80,10 @@ from dataplane.ct_tables import (
     TcpState,
     Timeouts,
 )
+from dataplane.engine_kernel import policy_verdict
 from dataplane.packets import ACK, FIN, FRAGMENT, NOT_IP, OK, RST, SYN, PacketBatch
 from dataplane.prefetch import prefetch as _prefetch
+from dataplane.program import CT_CODES
 
 # --------------------------------------------------------------------------------------------------
 # Plain-int mirrors of the enums. numba freezes globals into the cached machine code and its cache
@@ -100,6 +102,7 @@ _FLAG_MASK = 0x37
 _M32 = 0xFFFFFFFF
 
 assert tuple(CtState) == (_NEW, _EST, _REL, _INV, _UNT)
+assert CT_CODES["NEW"] == _NEW  # the code policy_verdict is given for the engine's ctstate
 assert tuple(range(12)) == tuple(TcpState) and tuple(range(6)) == tuple(TcpEvent)
 assert (_S_NONE, _S_CLOSED, _S_ES, _S_IV) == (
     SctpState.NONE,
@@ -146,12 +149,13 @@ _LWIN = 19
 _RETRANS = 20
 _SIMOPEN = 21
 _CHACK = 22  # IP_CT_EXP_CHALLENGE_ACK
-NI = 23
+_SERIAL = 23  # which connection holds the slot (numbered from 1 as they are created)
+NI = 24
 
 # F columns
 _CREATED, _EXPIRES, _TIMEOUT = 0, 1, 2
 # M fields
-_COUNT, _USED, _FREE, _HEAD, _TAIL = 0, 1, 2, 3, 4
+_COUNT, _USED, _FREE, _HEAD, _TAIL, _SERIALS = 0, 1, 2, 3, 4, 5
 # prefetch distance (packets) and the ring of hashes computed ahead (a power of two > 2 * _AHEAD)
 _AHEAD = 4
 _RING = 16
@@ -599,10 +603,13 @@ def _create(K, E, F, IDX, FIFO, M, KEY, W, slot, victim, timeout, now):
         M[_COUNT] += 1
     for j in range(NI):
         E[s, j] = W[j]
+    M[_SERIALS] += 1
+    E[s, _SERIAL] = M[_SERIALS]
     _fifo_append(FIFO, E, M, s)
     F[s, _CREATED] = now
     F[s, _EXPIRES] = now + timeout
     F[s, _TIMEOUT] = timeout
+    return s
 
 
 @_helper
@@ -989,10 +996,20 @@ def _icmp_error(K, E, F, IDX, KEY, RULES, now, fam, iproto, ishi, islo, idhi, id
 def _run(lo, start, hi, status, ts, family, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport,
          tcp_flags, seq, ack, window, payload_len, sctp_chunk, icmp_type, icmp_id, inner_proto,
          inner_src_hi, inner_src_lo, inner_dst_hi, inner_dst_lo, inner_sport, inner_dport,
-         allowed, verdict, states, reasons, replies, K, E, F, IDX, FIFO, M, RULES, T, loose,
-         max_entries, KEY, W, ring):  # fmt: skip
+         allowed, verdict, states, reasons, replies, tags, K, E, F, IDX, FIFO, M, RULES, T,
+         loose, max_entries, KEY, W, ring, policy):  # fmt: skip
     """Packets start..hi-1 in order; outputs and ``allowed`` are indexed from ``lo``. KEY, W and
-    ring are scratch. Returns where it stopped: hi, or the packet that needs a bigger table."""
+    ring are scratch. Returns where it stopped: hi, or the packet that needs a bigger table.
+
+    ``policy``: None, when ``allowed`` holds the policy's verdict for every packet; or the
+    engine's arrays for this batch (``Engine.policy``), which decide just the packets that need
+    a verdict (NEW, UNTRACKED, fragments) as they come, and ``allowed`` is not read. numba
+    compiles one variant per case (``policy is None`` is settled at compile time).
+
+    ``tags``: for a packet that passed as part of its own connection (NEW, ESTABLISHED; not
+    RELATED) of TCP, UDP, SCTP or ICMP echo, the connection's serial << 32 | its slot; else -1.
+    Those connections are keyed exactly like replay's flows, so the flow counters can find a
+    packet's flow from its tag instead of hashing its 5-tuple again."""
     cap = K.shape[0]
     mask = IDX.shape[0] - 1
     for i in range(start, hi):
@@ -1027,13 +1044,14 @@ def _run(lo, start, hi, status, ts, family, proto, src_hi, src_lo, dst_hi, dst_l
                 states[o] = _UNT
                 reasons[o] = _R_NOT_IP
             elif st == FRAGMENT:
-                verdict[o] = allowed[o]
+                verdict[o] = allowed[o] if policy is None else policy_verdict(policy, i, _NEW)
                 states[o] = _UNT
                 reasons[o] = _R_FRAGMENT
             else:  # MALFORMED
                 verdict[o] = False
                 states[o] = _INV
                 reasons[o] = _R_MALFORMED
+            tags[o] = -1
             continue
         if M[_COUNT] >= cap and cap < max_entries:
             return i  # no free slot: the caller grows the table and calls again from i
@@ -1120,8 +1138,9 @@ def _run(lo, start, hi, status, ts, family, proto, src_hi, src_lo, dst_hi, dst_l
             ok = False
             commit = False
         else:
-            ok = allowed[o]
+            ok = allowed[o] if policy is None else policy_verdict(policy, i, _NEW)
             commit = ok and state == _NEW
+        tag = -1
         if commit:
             if action == _UPDATE:
                 if state != _EST:  # else the tracker edited the entry in place
@@ -1130,10 +1149,18 @@ def _run(lo, start, hi, status, ts, family, proto, src_hi, src_lo, dst_hi, dst_l
                 if timeout == timeout:  # NaN: keep the expiry
                     F[slot, _EXPIRES] = now + timeout
                     F[slot, _TIMEOUT] = timeout
+                tag = slot
             elif action == _CREATE:
-                _create(K, E, F, IDX, FIFO, M, KEY, W, slot, victim, timeout, now)
+                tag = _create(K, E, F, IDX, FIFO, M, KEY, W, slot, victim, timeout, now)
             elif action == _DELETE:
                 _delete(K, E, IDX, FIFO, M, slot)
+            elif state == _EST:
+                tag = slot
+        # generic protocols (UDP-Lite included) are tracked without ports, flows with them
+        if tag >= 0 and state != _REL and (p == 6 or p == 17 or p == 132 or p == 1 or p == 58):
+            tags[o] = (E[tag, _SERIAL] << 32) | tag
+        else:
+            tags[o] = -1
         verdict[o] = ok
         states[o] = state
         reasons[o] = reason
@@ -1190,7 +1217,7 @@ class CtTable:
     """The connection table: the arrays described in the module docstring, grown on demand."""
 
     def __init__(self, capacity: int = 64) -> None:
-        self.M = np.array([0, 0, -1, 0, 0], np.int64)
+        self.M = np.array([0, 0, -1, 0, 0, 0], np.int64)
         self._allocate(max(capacity, 1))
 
     def _allocate(self, cap: int) -> None:
@@ -1231,16 +1258,20 @@ class CtTable:
         batch: PacketBatch,
         lo: int,
         hi: int,
-        allowed: np.ndarray,
+        allowed: np.ndarray | None,
         out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
         timeouts: Timeouts,
         loose: bool,
         max_entries: int,
+        policy: tuple | None = None,
     ) -> None:
         """Run packets lo..hi-1 of ``batch``; ``allowed`` and ``out`` (verdict, state, reason,
-        is_reply) are indexed from ``lo``."""
+        is_reply) are indexed from ``lo``. With ``policy`` (``Engine.policy(batch)``) the
+        engine decides the packets that need a verdict and ``allowed`` is ignored."""
         cols = _columns(batch)
         tv = timeout_vector(timeouts)
+        if policy is not None:
+            allowed = np.zeros(hi - lo, dtype=np.bool_)  # not read
         allowed = np.ascontiguousarray(allowed, dtype=np.bool_)
         if allowed.ndim != 1 or len(allowed) < hi - lo or not 0 <= lo <= hi <= len(batch):
             # the kernel does not check bounds: refuse here what would read past an array
@@ -1252,7 +1283,7 @@ class CtTable:
         while i < hi:
             table = (self.K, self.E, self.F, self.IDX, self.FIFO, self.M)
             i = _run(lo, i, hi, *cols, allowed, *out, *table, RULES, tv, bool(loose),
-                     int(max_entries), *scratch)  # fmt: skip
+                     int(max_entries), *scratch, policy)  # fmt: skip
             if i < hi:
                 self.grow(max_entries)
 

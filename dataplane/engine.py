@@ -17,7 +17,7 @@ import numpy as np
 from compiler.tables import Rule, Ruleset
 
 from .classes import Classes, build_classes
-from .engine_kernel import classify
+from .engine_kernel import MAX_DEPTH, classify
 from .packets import PacketBatch
 from .program import CT_CODES, Program, compile_program, ipset_intervals
 
@@ -50,6 +50,7 @@ class Engine:
         self._cache_keys = np.zeros((cache_size, 2), dtype=np.uint64)
         self._cache_vals = np.zeros(cache_size, dtype=np.int64)
         self._counters = np.zeros(4, dtype=np.int64)
+        self._stack = np.zeros((MAX_DEPTH, 4), dtype=np.int64)
 
     @property
     def sets(self) -> list[str]:
@@ -77,6 +78,29 @@ class Engine:
         """
         return self.evaluate_explained(batch, ctstate)[0]
 
+    def policy(self, batch: PacketBatch) -> tuple:
+        """The engine's arrays and ``batch``'s columns, as ``Conntrack.run_policy`` hands them to
+        its kernel; the last item is the decider array (int64, -1 = FORWARD's policy) it fills
+        for the packets it asks about (the others keep -1)."""
+        return (
+            self._prog,
+            self.program.entry,
+            len(self.program.s_family),
+            self._classes,
+            self._cache_keys,
+            self._cache_vals,
+            self._counters,
+            self._stack,
+            np.ascontiguousarray(batch.family),
+            np.ascontiguousarray(batch.src_hi),
+            np.ascontiguousarray(batch.src_lo),
+            np.ascontiguousarray(batch.dst_hi),
+            np.ascontiguousarray(batch.dst_lo),
+            np.ascontiguousarray(batch.proto),
+            np.ascontiguousarray(batch.dport),
+            np.full(len(batch), -1, dtype=np.int64),
+        )
+
     def evaluate_explained(
         self, batch: PacketBatch, ctstate: np.ndarray | str = "NEW"
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +125,7 @@ class Engine:
                 self._cache_keys,
                 self._cache_vals,
                 self._counters,
+                self._stack,
                 np.ascontiguousarray(batch.family),
                 np.ascontiguousarray(batch.src_hi),
                 np.ascontiguousarray(batch.src_lo),

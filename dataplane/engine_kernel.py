@@ -84,29 +84,15 @@ def _le(ahi, alo, bhi, blo):
     return ahi < bhi or (ahi == bhi and alo <= blo)
 
 
-@njit(cache=True, nogil=True)
-def classify(
-    prog,
-    entry,
-    n_sets,
-    classes,
-    cache_keys,
-    cache_vals,
-    counters,
-    family,
-    src_hi,
-    src_lo,
-    dst_hi,
-    dst_lo,
-    proto,
-    dport,
-    ct,
-    out_ok,
-    out_rule,
-):
-    """Fill out_ok / out_rule for every packet. ``cache_vals[i] == 0`` marks an empty slot; a
-    value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules inspected
-    by walks]."""
+@njit(cache=True, nogil=True, inline="always")
+def _decide(prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stack, fam, shi, slo,
+            dhi, dlo, pr, dp, c):  # fmt: skip
+    """(accepted, deciding rule or -1) for one packet. ``cache_vals[i] == 0`` marks an empty
+    slot; a value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules
+    inspected by walks]; ``stack`` is scratch for the walk's jumps.
+
+    Inlined into both callers, so the batch loop pays no call and the conntrack kernel's rare
+    NEW packets pay one call (``policy_verdict``) instead of a pass over every packet."""
     (
         chain_off,
         op_code,
@@ -141,210 +127,102 @@ def classify(
         v4_l2,
     ) = classes
     no_identity = mem_off.shape[0] - 2
-    stack = np.zeros((MAX_DEPTH, 4), dtype=np.int64)
     cap = cache_vals.shape[0]
     mask = np.uint64(cap - 1) if cap > 0 else np.uint64(0)
-    for p in range(family.shape[0]):
-        fam = family[p]
-        pr = proto[p]
-        dp = dport[p]
-        c = ct[p]
 
-        # -- identities, the class key and the cache ---------------------------------------
-        sid = no_identity
-        did = no_identity
-        if fam == 4:
-            for side in range(2):
-                q = np.int64(src_lo[p] if side == 0 else dst_lo[p])
-                e = v4_l1[q >> 16]
-                i = (((q & 0xFFFF) - ((e >> 5) & 0xFFFF)) >> (e & 31)) + 1
-                i = min(max(i, 0), (e >> 44) + 1)
-                at = ((e >> 21) & 0x7FFFFF) + i
-                # the last piece starting at or before q within the bucket; branch-free halving,
-                # since the comparisons are unpredictable
-                base = np.int64(v4_l2[at])
-                n = np.int64(v4_l2[at + 1]) - base + 1
-                while n > 1:
-                    half = n >> 1
-                    m = base + half
-                    start = np.int64(v4_start[m])
-                    base = m if start <= q else base
-                    n -= half
-                if side == 0:
-                    sid = id_of[base]
-                else:
-                    did = id_of[base]
-        elif fam == 6:
-            a = id_off[1]
-            b = id_off[2]
-            for side in range(2):
-                qhi = src_hi[p] if side == 0 else dst_hi[p]
-                qlo = src_lo[p] if side == 0 else dst_lo[p]
-                base = a  # piece a starts at address 0
-                n = b - a
-                while n > 1:
-                    half = n >> 1
-                    m = base + half
-                    h = id_start_hi[m]
-                    le = (h < qhi) | ((h == qhi) & (id_start_lo[m] <= qlo))
-                    base = m if le else base
-                    n -= half
-                if side == 0:
-                    sid = id_of[base]
-                else:
-                    did = id_of[base]
-        slot = np.uint64(0)
-        home = np.uint64(0)
-        w0 = (np.uint64(sid) << _S32) | np.uint64(did)
-        w1 = (
-            (np.uint64(fam) << _S40)
-            | (np.uint64(pr) << _S32)
-            | (np.uint64(c) << _S24)
-            | np.uint64(port_class[dp])
-        )
-        if cap > 0:
-            x = w0 ^ (w1 * _C1)
-            x ^= x >> _S33
-            x *= _C2
-            x ^= x >> _S33
-            home = x & mask
-            slot = home
-            while True:
-                v = cache_vals[slot]
-                if v == 0 or (cache_keys[slot, 0] == w0 and cache_keys[slot, 1] == w1):
-                    break
-                slot = (slot + _ONE) & mask
-            v = cache_vals[slot]
-            if v != 0:
-                out_ok[p] = (v & 1) == 1
-                out_rule[p] = (v >> 1) - 2
-                counters[0] += 1
-                continue
-
-        # -- the walk ----------------------------------------------------------------------
-        counters[1] += 1
-        mark = np.uint64(0)
-        depth = 0
-        chain = entry
-        op = np.int64(chain_off[chain])
-        op_end = np.int64(chain_off[chain + 1])
-        cand = -1  # position in ri_code while visiting a run's candidates
-        cand_end = -1
-        verdict = True
-        decided = -1
-        inspected = 0
-        while True:
-            skip = 0  # a run's candidate skips its key match, which it is known to pass
-            if cand >= 0:
-                if cand >= cand_end:
-                    cand = -1
-                    op += 1
-                    continue
-                k = np.int64(ri_code[cand])
-                cand += 1
-                skip = C_MATCH
+    # -- identities, the class key and the cache ---------------------------------------
+    sid = no_identity
+    did = no_identity
+    if fam == 4:
+        for side in range(2):
+            q = np.int64(slo if side == 0 else dlo)
+            e = v4_l1[q >> 16]
+            i = (((q & 0xFFFF) - ((e >> 5) & 0xFFFF)) >> (e & 31)) + 1
+            i = min(max(i, 0), (e >> 44) + 1)
+            at = ((e >> 21) & 0x7FFFFF) + i
+            # the last piece starting at or before q within the bucket; branch-free halving,
+            # since the comparisons are unpredictable
+            base = np.int64(v4_l2[at])
+            n = np.int64(v4_l2[at + 1]) - base + 1
+            while n > 1:
+                half = n >> 1
+                m = base + half
+                start = np.int64(v4_start[m])
+                base = m if start <= q else base
+                n -= half
+            if side == 0:
+                sid = id_of[base]
             else:
-                if op >= op_end:  # fell off the chain: an implicit RETURN
-                    if depth == 0:
-                        break
-                    depth -= 1
-                    chain = stack[depth, 0]
-                    op = stack[depth, 1]
-                    cand = stack[depth, 2]
-                    cand_end = stack[depth, 3]
-                    op_end = np.int64(chain_off[chain + 1])
-                    continue
-                k = np.int64(op_code[op])
-                if k < 0:  # a run
-                    u = -1 - k
-                    key = n_sets + u
-                    if listed[key]:
-                        ident = sid if run_dir[u] == 0 else did
-                        first = mem_off[ident]
-                        last = mem_off[ident + 1]
-                        lo = _lower_bound(mem_key, first, last, key)
-                        if lo < last and mem_key[lo] == key:
-                            val = mem_val[lo]
-                            cand = val >> 32
-                            cand_end = val & 0xFFFFFFFF
-                            continue
-                    elif fam == 4 or fam == 6:  # a wide run: find its piece by address
-                        qhi = src_hi[p] if run_dir[u] == 0 else dst_hi[p]
-                        qlo = src_lo[p] if run_dir[u] == 0 else dst_lo[p]
-                        sl = 2 * u + (1 if fam == 6 else 0)
-                        i = _last_le(
-                            ri_start_hi, ri_start_lo, run_off[sl], run_off[sl + 1], qhi, qlo
-                        )
-                        if i >= run_off[sl] and _le(qhi, qlo, ri_end_hi[i], ri_end_lo[i]):
-                            cand = ri_coff[i]
-                            cand_end = ri_coff[i + 1]
-                            continue
-                    op += 1
-                    continue
-                op += 1
-
-            # does the rule at code[k] match?
-            inspected += 1
-            info = np.int64(code[k + C_INFO])
-            rf = info & 15
-            matched = rf == 0 or rf == fam
-            j = k + C_HEADER + skip
-            j_end = k + C_HEADER + C_MATCH * (info >> 8)
-            while matched and j < j_end:
-                kind = code[j] & 15
-                if kind == M_SET:
-                    key = np.int64(code[j + 1])
-                    side = code[j] >> 4
-                    if listed[key]:
-                        ident = sid if side == 0 else did
-                        first = mem_off[ident]
-                        last = mem_off[ident + 1]
-                        lo = _lower_bound(mem_key, first, last, key)
-                        matched = lo < last and mem_key[lo] == key
-                    elif s_family[key] != fam:
-                        matched = False
-                    else:  # a wide set: search its intervals by address
-                        qhi = src_hi[p] if side == 0 else dst_hi[p]
-                        qlo = src_lo[p] if side == 0 else dst_lo[p]
-                        i = _last_le(s_start_hi, s_start_lo, s_off[key], s_off[key + 1], qhi, qlo)
-                        matched = i >= s_off[key] and _le(qhi, qlo, s_end_hi[i], s_end_lo[i])
-                elif kind == M_PROTO:
-                    matched = pr == code[j + 1]
-                elif kind == M_PORT:
-                    matched = (pr == 6 or pr == 17 or pr == 132) and code[j + 1] <= dp <= code[
-                        j + 2
-                    ]
-                elif kind == M_CT:
-                    matched = (code[j + 1] >> c) & 1 == 1
-                elif kind == M_MARK:
-                    matched = (mark & (np.uint64(code[j + 1]) & _M32)) == (
-                        np.uint64(code[j + 2]) & _M32
-                    )
-                j += C_MATCH
-            if not matched:
-                continue
-
-            target = (info >> 4) & 15
-            if target in (T_ACCEPT, T_DROP):
-                verdict = target == T_ACCEPT
-                decided = code[k + C_RULE]
+                did = id_of[base]
+    elif fam == 6:
+        a = id_off[1]
+        b = id_off[2]
+        for side in range(2):
+            qhi = shi if side == 0 else dhi
+            qlo = slo if side == 0 else dlo
+            base = a  # piece a starts at address 0
+            n = b - a
+            while n > 1:
+                half = n >> 1
+                m = base + half
+                h = id_start_hi[m]
+                le = (h < qhi) | ((h == qhi) & (id_start_lo[m] <= qlo))
+                base = m if le else base
+                n -= half
+            if side == 0:
+                sid = id_of[base]
+            else:
+                did = id_of[base]
+    slot = np.uint64(0)
+    home = np.uint64(0)
+    w0 = (np.uint64(sid) << _S32) | np.uint64(did)
+    w1 = (
+        (np.uint64(fam) << _S40)
+        | (np.uint64(pr) << _S32)
+        | (np.uint64(c) << _S24)
+        | np.uint64(port_class[dp])
+    )
+    if cap > 0:
+        x = w0 ^ (w1 * _C1)
+        x ^= x >> _S33
+        x *= _C2
+        x ^= x >> _S33
+        home = x & mask
+        slot = home
+        while True:
+            v = cache_vals[slot]
+            if v == 0 or (cache_keys[slot, 0] == w0 and cache_keys[slot, 1] == w1):
                 break
-            if target == T_MARK:
-                mark = (mark & ~(np.uint64(code[k + C_MARK_MASK]) & _M32)) ^ (
-                    np.uint64(code[k + C_ARG]) & _M32
-                )
-            elif target == T_JUMP:
-                stack[depth, 0] = chain
-                stack[depth, 1] = op
-                stack[depth, 2] = cand
-                stack[depth, 3] = cand_end
-                depth += 1
-                chain = code[k + C_ARG]
-                op = np.int64(chain_off[chain])
-                op_end = np.int64(chain_off[chain + 1])
+            slot = (slot + _ONE) & mask
+        v = cache_vals[slot]
+        if v != 0:
+            counters[0] += 1
+            return (v & 1) == 1, (v >> 1) - 2
+
+    # -- the walk ----------------------------------------------------------------------
+    counters[1] += 1
+    mark = np.uint64(0)
+    depth = 0
+    chain = entry
+    op = np.int64(chain_off[chain])
+    op_end = np.int64(chain_off[chain + 1])
+    cand = -1  # position in ri_code while visiting a run's candidates
+    cand_end = -1
+    verdict = True
+    decided = -1
+    inspected = 0
+    while True:
+        skip = 0  # a run's candidate skips its key match, which it is known to pass
+        if cand >= 0:
+            if cand >= cand_end:
                 cand = -1
-                cand_end = -1
-            elif target == T_RETURN:
+                op += 1
+                continue
+            k = np.int64(ri_code[cand])
+            cand += 1
+            skip = C_MATCH
+        else:
+            if op >= op_end:  # fell off the chain: an implicit RETURN
                 if depth == 0:
                     break
                 depth -= 1
@@ -353,16 +231,165 @@ def classify(
                 cand = stack[depth, 2]
                 cand_end = stack[depth, 3]
                 op_end = np.int64(chain_off[chain + 1])
+                continue
+            k = np.int64(op_code[op])
+            if k < 0:  # a run
+                u = -1 - k
+                key = n_sets + u
+                if listed[key]:
+                    ident = sid if run_dir[u] == 0 else did
+                    first = mem_off[ident]
+                    last = mem_off[ident + 1]
+                    lo = _lower_bound(mem_key, first, last, key)
+                    if lo < last and mem_key[lo] == key:
+                        val = mem_val[lo]
+                        cand = val >> 32
+                        cand_end = val & 0xFFFFFFFF
+                        continue
+                elif fam == 4 or fam == 6:  # a wide run: find its piece by address
+                    qhi = shi if run_dir[u] == 0 else dhi
+                    qlo = slo if run_dir[u] == 0 else dlo
+                    sl = 2 * u + (1 if fam == 6 else 0)
+                    i = _last_le(
+                        ri_start_hi, ri_start_lo, run_off[sl], run_off[sl + 1], qhi, qlo
+                    )
+                    if i >= run_off[sl] and _le(qhi, qlo, ri_end_hi[i], ri_end_lo[i]):
+                        cand = ri_coff[i]
+                        cand_end = ri_coff[i + 1]
+                        continue
+                op += 1
+                continue
+            op += 1
 
-        counters[3] += inspected
-        out_ok[p] = verdict
-        out_rule[p] = decided
-        if cap > 0:
-            if counters[2] * 2 >= cap:  # keep probe sequences short: start over, never fill up
-                cache_vals[:] = 0
-                counters[2] = 0
-                slot = home  # the key's own slot, empty now
-            cache_keys[slot, 0] = w0
-            cache_keys[slot, 1] = w1
-            cache_vals[slot] = 2 * (decided + 2) + (1 if verdict else 0)
-            counters[2] += 1
+        # does the rule at code[k] match?
+        inspected += 1
+        info = np.int64(code[k + C_INFO])
+        rf = info & 15
+        matched = rf == 0 or rf == fam
+        j = k + C_HEADER + skip
+        j_end = k + C_HEADER + C_MATCH * (info >> 8)
+        while matched and j < j_end:
+            kind = code[j] & 15
+            if kind == M_SET:
+                key = np.int64(code[j + 1])
+                side = code[j] >> 4
+                if listed[key]:
+                    ident = sid if side == 0 else did
+                    first = mem_off[ident]
+                    last = mem_off[ident + 1]
+                    lo = _lower_bound(mem_key, first, last, key)
+                    matched = lo < last and mem_key[lo] == key
+                elif s_family[key] != fam:
+                    matched = False
+                else:  # a wide set: search its intervals by address
+                    qhi = shi if side == 0 else dhi
+                    qlo = slo if side == 0 else dlo
+                    i = _last_le(s_start_hi, s_start_lo, s_off[key], s_off[key + 1], qhi, qlo)
+                    matched = i >= s_off[key] and _le(qhi, qlo, s_end_hi[i], s_end_lo[i])
+            elif kind == M_PROTO:
+                matched = pr == code[j + 1]
+            elif kind == M_PORT:
+                matched = (pr == 6 or pr == 17 or pr == 132) and code[j + 1] <= dp <= code[
+                    j + 2
+                ]
+            elif kind == M_CT:
+                matched = (code[j + 1] >> c) & 1 == 1
+            elif kind == M_MARK:
+                matched = (mark & (np.uint64(code[j + 1]) & _M32)) == (
+                    np.uint64(code[j + 2]) & _M32
+                )
+            j += C_MATCH
+        if not matched:
+            continue
+
+        target = (info >> 4) & 15
+        if target in (T_ACCEPT, T_DROP):
+            verdict = target == T_ACCEPT
+            decided = code[k + C_RULE]
+            break
+        if target == T_MARK:
+            mark = (mark & ~(np.uint64(code[k + C_MARK_MASK]) & _M32)) ^ (
+                np.uint64(code[k + C_ARG]) & _M32
+            )
+        elif target == T_JUMP:
+            stack[depth, 0] = chain
+            stack[depth, 1] = op
+            stack[depth, 2] = cand
+            stack[depth, 3] = cand_end
+            depth += 1
+            chain = code[k + C_ARG]
+            op = np.int64(chain_off[chain])
+            op_end = np.int64(chain_off[chain + 1])
+            cand = -1
+            cand_end = -1
+        elif target == T_RETURN:
+            if depth == 0:
+                break
+            depth -= 1
+            chain = stack[depth, 0]
+            op = stack[depth, 1]
+            cand = stack[depth, 2]
+            cand_end = stack[depth, 3]
+            op_end = np.int64(chain_off[chain + 1])
+
+    counters[3] += inspected
+    if cap > 0:
+        if counters[2] * 2 >= cap:  # keep probe sequences short: start over, never fill up
+            cache_vals[:] = 0
+            counters[2] = 0
+            slot = home  # the key's own slot, empty now
+        cache_keys[slot, 0] = w0
+        cache_keys[slot, 1] = w1
+        cache_vals[slot] = 2 * (decided + 2) + (1 if verdict else 0)
+        counters[2] += 1
+    return verdict, decided
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def classify(
+    prog,
+    entry,
+    n_sets,
+    classes,
+    cache_keys,
+    cache_vals,
+    counters,
+    stack,
+    family,
+    src_hi,
+    src_lo,
+    dst_hi,
+    dst_lo,
+    proto,
+    dport,
+    ct,
+    out_ok,
+    out_rule,
+):
+    """Fill out_ok / out_rule for every packet (see ``_decide``). Without NRT: with it, the
+    arrays unpacked from the tuples cost an atomic increment and decrement per packet (7x
+    slower); so ``stack`` (MAX_DEPTH x 4 int64 scratch) comes from the caller."""
+    for p in range(family.shape[0]):
+        ok, rule = _decide(
+            prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stack, family[p],
+            src_hi[p], src_lo[p], dst_hi[p], dst_lo[p], proto[p], dport[p], ct[p],
+        )  # fmt: skip
+        out_ok[p] = ok
+        out_rule[p] = rule
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def policy_verdict(policy, i, ct):
+    """The verdict for packet ``i`` of the batch ``policy`` was made for (``Engine.policy``),
+    in ctstate ``ct``; the deciding rule goes to the policy's ``decider[i]``. Without NRT, as
+    the conntrack kernel that calls it."""
+    (
+        prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stack, family, src_hi,
+        src_lo, dst_hi, dst_lo, proto, dport, decider,
+    ) = policy  # fmt: skip
+    ok, rule = _decide(
+        prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stack, family[i],
+        src_hi[i], src_lo[i], dst_hi[i], dst_lo[i], proto[i], dport[i], ct,
+    )  # fmt: skip
+    decider[i] = rule
+    return ok

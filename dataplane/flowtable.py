@@ -8,7 +8,7 @@ The table grows by doubling before a chunk could overfill it, so a chunk is one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
@@ -70,12 +70,22 @@ def _rehash(slots, keys, used):
 def _accumulate(
     slots, keys, first, first_index, first_ts, first_reason, packets, allowed_n, used,
     status, family, src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport, icmp_id, index, ts,
-    allowed, reason,
+    allowed, reason, tags, known,
 ):  # fmt: skip
     mask = np.uint64(slots.shape[0] - 1)
+    tagged = tags.shape[0] > 0
     for p in range(status.shape[0]):
         if status[p] != OK and status[p] != FRAGMENT:
             continue
+        t = tags[p] if tagged else -1
+        if t >= 0:
+            e = t & 0xFFFFFFFF
+            if known[e, 0] == t >> 32:  # a connection already tied to its flow: no hashing
+                f = known[e, 1]
+                packets[f] += 1
+                if allowed[p]:
+                    allowed_n[f] += 1
+                continue
         a_hi, a_lo, a_port = src_hi[p], src_lo[p], np.uint64(sport[p])
         b_hi, b_lo, b_port = dst_hi[p], dst_lo[p], np.uint64(dport[p])
         if proto[p] == 1 or proto[p] == 58:  # ICMP: an echo exchange is keyed by its identifier
@@ -105,6 +115,9 @@ def _accumulate(
             first_index[f] = index[p]
             first_ts[f] = ts[p]
             first_reason[f] = reason[p]
+        if t >= 0:
+            known[e, 0] = t >> 32
+            known[e, 1] = f
         packets[f] += 1
         if allowed[p]:
             allowed_n[f] += 1
@@ -124,6 +137,8 @@ class FlowTable:
     packets: np.ndarray
     allowed: np.ndarray
     used: int = 0
+    # connection slot -> (serial, flow) for the tags conntrack gives (Conntrack.run_policy)
+    known: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
 
     @classmethod
     def empty(cls, capacity: int = 1024) -> FlowTable:
@@ -157,13 +172,32 @@ class FlowTable:
         with np.errstate(over="ignore"):  # hashing wraps on purpose (matters only unjitted)
             _rehash(self.slots, self.keys, self.used)
 
-    def add(self, batch: PacketBatch, allowed: np.ndarray, reason: np.ndarray) -> None:
-        """Count one chunk's IP packets (``reason``: a code per packet, kept for first packets)."""
-        self._reserve(len(batch))
-        with np.errstate(over="ignore"):
-            self.used = self._add(batch, allowed, reason)
+    def add(
+        self,
+        batch: PacketBatch,
+        allowed: np.ndarray,
+        reason: np.ndarray,
+        tags: np.ndarray | None = None,
+        tag_slots: int = 0,
+    ) -> None:
+        """Count one chunk's IP packets (``reason``: a code per packet, kept for first packets).
 
-    def _add(self, batch: PacketBatch, allowed: np.ndarray, reason: np.ndarray) -> int:
+        ``tags`` (optional, from ``Conntrack.run_policy``; slots below ``tag_slots``) name the
+        connection each packet passed in: a connection's flow is looked up once, and its later
+        packets are counted without hashing their 5-tuple."""
+        self._reserve(len(batch))
+        if tags is None:
+            tags = np.empty(0, dtype=np.int64)
+        elif tag_slots > len(self.known):
+            known = np.zeros((tag_slots, 2), dtype=np.int64)  # serial 0: no connection
+            known[: len(self.known)] = self.known
+            self.known = known
+        with np.errstate(over="ignore"):
+            self.used = self._add(batch, allowed, reason, tags)
+
+    def _add(
+        self, batch: PacketBatch, allowed: np.ndarray, reason: np.ndarray, tags: np.ndarray
+    ) -> int:
         return int(
             _accumulate(
                 self.slots, self.keys, self.first, self.first_index, self.first_ts,
@@ -172,5 +206,6 @@ class FlowTable:
                 batch.sport, batch.dport, batch.icmp_id, batch.index, batch.ts,
                 np.ascontiguousarray(allowed, dtype=np.bool_),
                 np.ascontiguousarray(reason, dtype=np.int64),
+                np.ascontiguousarray(tags, dtype=np.int64), self.known,
             )
         )  # fmt: skip

@@ -1,9 +1,10 @@
 """Replay: capture chunks -> conntrack + tables -> verdicts, counters and per-flow rows.
 
-Per chunk: the engine decides, for every packet at once, what the tables would say if the
-packet were NEW (the tables' only stateful matches are the conntrack ones at the top of the
-dispatch chain); then conntrack walks the chunk in capture order, on the packets' own timestamps,
-accepting ESTABLISHED/RELATED, dropping INVALID and taking the policy verdict for NEW packets. The
+Per chunk: conntrack walks the chunk in capture order, on the packets' own timestamps,
+accepting ESTABLISHED/RELATED, dropping INVALID, and asking the engine what the tables say about
+each packet that needs the policy's verdict (NEW, UNTRACKED, fragments) as it meets it: the
+tables' only stateful matches are the conntrack ones at the top of the dispatch chain, so the
+rest of the tables see such a packet as NEW. Packets of established flows are never classified. The
 connection table lives across chunks, so memory stays bounded by the chunk size and the table
 limit, never by the capture.
 
@@ -72,6 +73,9 @@ class ChunkVerdicts:
     ct: np.ndarray  # uint8 CtState
     reason_code: np.ndarray  # int64 codes into ``reason_table``
     reason_table: ReasonTable
+    # conntrack's connection per packet (Conntrack.run_policy), for the flow counters
+    connection: np.ndarray | None = None
+    connection_slots: int = 0
 
     @property
     def reasons(self) -> np.ndarray:
@@ -195,19 +199,20 @@ class Replayer:
 
     def decide(self, batch: PacketBatch) -> ChunkVerdicts:
         t0 = perf_counter()
-        allowed_if_new, decider = self.engine.evaluate_explained(batch, "NEW")
+        policy = self.engine.policy(batch)
+        allowed, ct, ct_reason, connection = self.conntrack.run_policy(batch, policy)
+        decider = policy[-1]
         t1 = perf_counter()
-        allowed, ct, ct_reason = self.conntrack.run(batch, allowed_if_new)
-        t2 = perf_counter()
-        allowed = np.asarray(allowed, dtype=bool).copy()
         ct = np.asarray(ct, dtype=np.uint8)
         codes = self._reasons(batch, allowed, ct, np.asarray(ct_reason), decider)
         self._follow_fragments(batch, allowed, codes)
         seconds = self.stage_seconds
-        seconds["classify"] += t1 - t0
-        seconds["conntrack"] += t2 - t1
-        seconds["reasons"] += perf_counter() - t2
-        return ChunkVerdicts(batch, allowed, ct, codes, self.reason_table)
+        seconds["conntrack + policy"] += t1 - t0
+        seconds["reasons"] += perf_counter() - t1
+        return ChunkVerdicts(
+            batch, allowed, ct, codes, self.reason_table, connection,
+            self.conntrack.connection_slots,
+        )  # fmt: skip
 
     def _reasons(
         self,
@@ -319,7 +324,7 @@ def accumulate(summary: ReplaySummary, v: ChunkVerdicts) -> None:
     ]
     for label, count in sorted(labelled):  # sorted: ties keep a stable order in most_common()
         summary.by_reason[label] += count
-    summary.table.add(v.batch, v.allowed, v.reason_code)
+    summary.table.add(v.batch, v.allowed, v.reason_code, v.connection, v.connection_slots)
     summary._flows = None  # rows built before this chunk are stale
 
 

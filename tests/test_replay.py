@@ -23,6 +23,8 @@ from compiler.model import (
 from dataplane import flows
 from dataplane.capture import open_capture, write_scapy
 from dataplane.cli import run_replay
+from dataplane.conntrack import Conntrack, Timeouts
+from dataplane.flowtable import FlowTable
 from dataplane.replay import Replayer, packet_rows, replay
 
 WEB, DB, EXT = "10.0.1.1", "10.0.2.1", "203.0.113.5"
@@ -179,3 +181,59 @@ def test_exempted_packets_name_the_node_exemption_and_pings_stay_apart(tmp_path:
     assert summary.by_reason["allow: new: node exemption (n2)"] == 1
     icmp = [r for r in summary.to_dict()["flows"] if r["protocol"] == "ICMP"]
     assert [(r["src"], r["dst"], r["packets"]) for r in icmp] == [(WEB, DB, 2), (DB, WEB, 2)]
+
+
+def _classify_all_then_track(replayer: Replayer, batch) -> tuple:
+    """The straightforward order: every packet classified as NEW, then conntrack."""
+    allowed_if_new, decider = replayer.engine.evaluate_explained(batch, "NEW")
+    verdict, ct, reason = replayer.conntrack.run(batch, allowed_if_new)
+    return verdict, ct, reason, decider
+
+
+def test_classifying_only_fresh_packets_matches_classifying_every_packet(tmp_path: Path) -> None:
+    """Replay asks the engine only about the packets that need a verdict; it must decide what
+    classifying every packet first and tracking afterwards decides: same verdicts, states and
+    reasons, and the same deciding rule for every NEW or UNTRACKED packet."""
+    from bench.synth import cluster_for_rules, workload
+
+    _spec, cluster, ruleset = cluster_for_rules(100)
+    flows_set, info = workload(cluster, ruleset, 300, 6000, tmp_path / "w.pcap")
+    assert (~flows_set.complete).any() and flows_set.complete.any()  # drops and passes both
+    write_scapy(str(tmp_path / "s.pcap"), [p for p, _, _ in scenario()])
+    quick = Timeouts(tcp_time_wait=0.001, tcp_close=0.001)
+    cases = (
+        (info.path, ruleset, Conntrack),
+        # connections that end at once in a small table: their slots go to other connections
+        (info.path, ruleset, lambda: Conntrack(quick, max_entries=48)),
+        (tmp_path / "s.pcap", lower(CLUSTER), Conntrack),
+    )
+    for path, rs, tracker in cases:
+        fused, plain = Replayer(rs, tracker()), Replayer(rs, tracker())
+        tagged, hashed = FlowTable.empty(), FlowTable.empty()
+        serials_per_slot: dict[int, set[int]] = {}
+        for batch in open_capture(str(path)).batches(max_packets=1000):
+            policy = fused.engine.policy(batch)
+            *got, tags = fused.conntrack.run_policy(batch, policy)
+            want = _classify_all_then_track(plain, batch)
+            for g, w in zip(got, want[:3], strict=True):
+                assert (g == w).all()
+            fresh = (got[1] == 0) | (got[1] == 4)  # NEW, UNTRACKED
+            assert (policy[-1][fresh] == want[3][fresh]).all()
+            # flows counted through conntrack's tags == flows counted by hashing every packet
+            tagged.add(batch, got[0], got[2], tags, fused.conntrack.connection_slots)
+            hashed.add(batch, want[0], want[2])
+            for tag in set(tags[tags >= 0].tolist()):
+                serials_per_slot.setdefault(tag & 0xFFFFFFFF, set()).add(tag >> 32)
+        assert serials_per_slot
+        if tracker is not Conntrack:
+            assert max(len(v) for v in serials_per_slot.values()) > 1  # slots were reused
+        assert tagged.used == hashed.used
+        for name in ("first", "first_index", "first_reason", "packets", "allowed"):
+            assert (
+                getattr(tagged, name)[: tagged.used] == getattr(hashed, name)[: hashed.used]
+            ).all()
+        stats = fused.engine.stats
+        assert (
+            stats["hits"] + stats["walks"]
+            < plain.engine.stats["hits"] + plain.engine.stats["walks"]
+        )
