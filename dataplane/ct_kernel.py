@@ -156,7 +156,7 @@ NI = 24
 _CREATED, _EXPIRES, _TIMEOUT = 0, 1, 2
 # M fields
 _COUNT, _USED, _FREE, _HEAD, _TAIL, _SERIALS = 0, 1, 2, 3, 4, 5
-# prefetch distance (packets) and the ring of hashes computed ahead (a power of two > 2 * _AHEAD)
+# prefetch distance (packets) and the ring of keys computed ahead (a power of two > 2 * _AHEAD)
 _AHEAD = 4
 _RING = 16
 
@@ -1022,14 +1022,16 @@ def _run(lo, start, hi, status, ts, family, proto, src_hi, src_lo, dst_hi, dst_l
         if j < hi:
             pj = np.int64(proto[j])
             ported = pj == 6 or pj == 17 or pj == 132
-            h = _port_key(np.int64(family[j]), pj, src_hi[j], src_lo[j],
-                          np.int64(sport[j]) if ported else np.int64(0), dst_hi[j], dst_lo[j],
-                          np.int64(dport[j]) if ported else np.int64(0))[6]  # fmt: skip
-            ring[j % _RING] = h
-            _prefetch(IDX, h & mask, 0)
+            key = _port_key(np.int64(family[j]), pj, src_hi[j], src_lo[j],
+                            np.int64(sport[j]) if ported else np.int64(0), dst_hi[j], dst_lo[j],
+                            np.int64(dport[j]) if ported else np.int64(0))  # fmt: skip
+            r = j % _RING
+            for w in range(7):
+                ring[r, w] = key[w]
+            _prefetch(IDX, key[6] & mask, 0)
         j = i + _AHEAD
         if j < hi:
-            s = IDX[ring[j % _RING] & mask]
+            s = IDX[ring[j % _RING, 6] & mask]
             if s >= 0:
                 _prefetch(K, s, 0)
                 _prefetch(F, s, 0)
@@ -1072,8 +1074,13 @@ def _run(lo, start, hi, status, ts, family, proto, src_hi, src_lo, dst_hi, dst_l
             else:
                 sp = np.int64(0)  # generic: addresses and protocol only
                 dp = np.int64(0)
-            pswap, k0, k1, k2, k3, k4, h = _port_key(fam, p, src_hi[i], src_lo[i], sp,
-                                                     dst_hi[i], dst_lo[i], dp)  # fmt: skip
+            if i >= start + 2 * _AHEAD:  # computed for the prefetch already
+                r = i % _RING
+                pswap, k0, k1, k2, k3, k4, h = (ring[r, 0], ring[r, 1], ring[r, 2], ring[r, 3],
+                                                ring[r, 4], ring[r, 5], ring[r, 6])  # fmt: skip
+            else:
+                pswap, k0, k1, k2, k3, k4, h = _port_key(fam, p, src_hi[i], src_lo[i], sp,
+                                                         dst_hi[i], dst_lo[i], dp)  # fmt: skip
             KEY[0] = k0
             KEY[1] = k1
             KEY[2] = k2
@@ -1278,7 +1285,7 @@ class CtTable:
             raise IndexError(
                 f"packets {lo}..{hi - 1} of {len(batch)}, {len(allowed)} policy verdicts"
             )
-        scratch = (np.zeros(6, np.int64), np.zeros(NI, np.int64), np.zeros(_RING, np.int64))
+        scratch = (np.zeros(6, np.int64), np.zeros(NI, np.int64), np.zeros((_RING, 7), np.int64))
         i = lo
         while i < hi:
             table = (self.K, self.E, self.F, self.IDX, self.FIFO, self.M)
