@@ -250,9 +250,7 @@ def _decide(prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stac
                     qhi = shi if run_dir[u] == 0 else dhi
                     qlo = slo if run_dir[u] == 0 else dlo
                     sl = 2 * u + (1 if fam == 6 else 0)
-                    i = _last_le(
-                        ri_start_hi, ri_start_lo, run_off[sl], run_off[sl + 1], qhi, qlo
-                    )
+                    i = _last_le(ri_start_hi, ri_start_lo, run_off[sl], run_off[sl + 1], qhi, qlo)
                     if i >= run_off[sl] and _le(qhi, qlo, ri_end_hi[i], ri_end_lo[i]):
                         cand = ri_coff[i]
                         cand_end = ri_coff[i + 1]
@@ -289,9 +287,7 @@ def _decide(prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stac
             elif kind == M_PROTO:
                 matched = pr == code[j + 1]
             elif kind == M_PORT:
-                matched = (pr == 6 or pr == 17 or pr == 132) and code[j + 1] <= dp <= code[
-                    j + 2
-                ]
+                matched = (pr == 6 or pr == 17 or pr == 132) and code[j + 1] <= dp <= code[j + 2]
             elif kind == M_CT:
                 matched = (code[j + 1] >> c) & 1 == 1
             elif kind == M_MARK:
