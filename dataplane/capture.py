@@ -6,7 +6,8 @@ A regular file is mapped in windows (8 MiB by default); a pipe or stream is read
 that size into a byte buffer, reused once no chunk views it. A numba scanner walks the record
 headers and fills per-record arrays (frame offset, captured and original length, timestamp in
 integer nanoseconds, link type) until it has ``max_packets`` records, reaches a block it does not
-handle, or runs out of bytes. Each scan becomes a ``RawChunk`` whose ``data`` is a view of the
+handle, or runs out of bytes. Those arrays are views of a few buffers per reader, each reused once
+no chunk views it any more. Each scan becomes a ``RawChunk`` whose ``data`` is a view of the
 window or buffer, so frames are never copied one by one. When the bytes run out mid-record, the
 next window starts at the unread record (or the unread tail is moved in front of the next
 block), so a record spanning two reads is handled and at most ``block + largest record`` bytes
@@ -136,7 +137,8 @@ def _touch_lines(buf, start, stop):
     """Read one byte per cache line of a record. Hopping from record header to record header is
     a chain of dependent loads that the hardware prefetcher does not follow (each a trip to
     memory: 140 ns per record measured); reading every line makes the access a sequential
-    stream it does follow (30 ns per record)."""
+    stream it does follow (30 ns per record). It stays a real call: inlined into the scanner, LLVM
+    drops the reads (nothing uses what they return) and the scan took twice as long."""
     seen = np.uint8(0)
     for q in range(start, stop, 64):
         seen |= buf[q]
@@ -251,6 +253,28 @@ def _pack_records(data, offsets, caplen, origlen, sec, frac, out):
 # ---------------------------------------------------------------------------------------------
 # Reader
 
+# Buffers kept per record array: whoever iterates still holds the previous chunk while the next
+# one is scanned, and may hold a few.
+_KEEP = 4
+
+
+def _take(pool: list[np.ndarray], n: int) -> np.ndarray:
+    """n int64 rows from a buffer in pool that no chunk views any more, else from a new one.
+    Fresh arrays for every chunk were given back to the OS when the chunk went, and took a page
+    fault per 4 KiB when the next one wrote them (4,000 faults per 1M packets)."""
+    for i in range(len(pool)):
+        buf = pool[i]
+        # a chunk's array is a view, which holds a reference to its buffer: with none left, the
+        # references are the pool's, this local's and getrefcount's argument
+        if sys.getrefcount(buf) <= 3:
+            if buf.shape[0] < n:
+                buf = pool[i] = np.empty(n, dtype=np.int64)
+            return buf[:n]
+    buf = np.empty(n, dtype=np.int64)
+    if len(pool) < _KEEP:
+        pool.append(buf)
+    return buf[:n]
+
 
 @dataclass
 class _Interface:
@@ -280,6 +304,8 @@ class CaptureReader:
         self.packets = 0
         self._buf = np.empty(0, dtype=np.uint8)
         self._spare: np.ndarray | None = None
+        self._scratch: tuple[list[np.ndarray], ...] = tuple([] for _ in range(6))
+        self._ramp = np.empty(0, dtype=np.int64)
         self._mapped = _mappable(f)
         self._base = 0  # file offset of _buf[0]
         self._pos = 0
@@ -537,19 +563,25 @@ class CaptureReader:
             yield chunk.parse()
 
     def _arrays(self, max_packets: int, min_record: int) -> tuple[np.ndarray, ...]:
+        """Offsets, captured and original lengths, timestamps, link types and capture indexes
+        for the next scan (a chunk's arrays are the first rows of these)."""
         n = max(1, min(max_packets, (self._end - self._pos) // min_record + 1))
-        return tuple(np.empty(n, dtype=np.int64) for _ in range(5))
+        return tuple(_take(pool, n) for pool in self._scratch)
 
-    def _emit(self, start: int, n: int, offs, caps, origs, tsns, lts) -> RawChunk:
-        index = np.arange(self.packets, self.packets + n, dtype=np.int64)
+    def _emit(self, start: int, n: int, arrays: tuple[np.ndarray, ...]) -> RawChunk:
+        offs, caps, origs, tsns, lts, index = (a[:n] for a in arrays)
+        offs -= start
+        if self._ramp.shape[0] < n:
+            self._ramp = np.arange(len(arrays[0]), dtype=np.int64)
+        np.add(self._ramp[:n], self.packets, out=index)
         self.packets += n
         return RawChunk(
             data=self._buf[start : self._pos],
-            offsets=offs[:n] - start,
-            caplen=caps[:n],
-            origlen=origs[:n],
-            ts_ns=tsns[:n],
-            link_type=lts[:n],
+            offsets=offs,
+            caplen=caps,
+            origlen=origs,
+            ts_ns=tsns,
+            link_type=lts,
             index=index,
         )
 
@@ -564,7 +596,8 @@ class CaptureReader:
     def _pcap_chunks(self, max_packets: int) -> Iterator[RawChunk]:
         lt = self.link_type
         while True:
-            offs, caps, origs, tsns, lts = self._arrays(max_packets, self._hdrlen)
+            arrays = self._arrays(max_packets, self._hdrlen)
+            offs, caps, origs, tsns, lts, _ = arrays
             start = self._pos
             n, pos, why, need = _scan_pcap(
                 self._buf, start, self._end, self._le, self._hdrlen, self._frac_ns,
@@ -573,7 +606,9 @@ class CaptureReader:
             self._pos = pos
             if n:
                 lts[:n] = lt
-                yield self._emit(start, n, offs, caps, origs, tsns, lts)
+                yield self._emit(start, n, arrays)
+            # so that the next scan can reuse them once the chunk is gone
+            del arrays, offs, caps, origs, tsns, lts
             if why == _NEED:
                 if not self._fill(need) and self._end - self._pos < need:
                     self._truncated(need)
@@ -591,7 +626,8 @@ class CaptureReader:
     def _pcapng_chunks(self, max_packets: int) -> Iterator[RawChunk]:
         ifa = self._iface_arrays()
         while True:
-            offs, caps, origs, tsns, lts = self._arrays(max_packets, 16)
+            arrays = self._arrays(max_packets, 16)
+            offs, caps, origs, tsns, lts, _ = arrays
             start = self._pos
             n, pos, why, need, self._last_ts = _scan_pcapng(
                 self._buf, start, self._end, self._le, len(offs), *ifa, offs, caps, origs,
@@ -605,7 +641,8 @@ class CaptureReader:
                         f"{self.name}: packets before offset {self._here()} refer to an "
                         f"undefined interface; reported as malformed"
                     )
-                yield self._emit(start, n, offs, caps, origs, tsns, lts)
+                yield self._emit(start, n, arrays)
+            del arrays, offs, caps, origs, tsns, lts
             if why == _NEED:
                 if not self._fill(need) and self._end - self._pos < need:
                     self._truncated(need)

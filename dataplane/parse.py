@@ -10,11 +10,13 @@ One numba loop (``_parse_kernel``) walks the frames. Each layer is a small funct
 big-endian fields straight from the buffer and checks every read against the captured end of the
 frame, so truncated input is reported, never raised. The kernel writes each field straight into
 the batch's column of its own dtype: the columns travel as two tuples of arrays (``V``, the small
-integers, and ``U``, the address halves). The layers that write are inlined into the loop, since
-a real call would copy every array descriptor of the tuples (that measured 3x slower than a
-staging matrix), and the kernel runs without NRT reference counting. Frames a few places ahead
-are prefetched: with frames hundreds of bytes apart, each header is otherwise a separate trip to
-memory, and overlapping those trips made the loop about 3x faster on captures not in cache.
+integers, and ``U``, the address halves). The layers are inlined into the loop, since a real
+call would copy every array descriptor of the tuples (that measured 3x slower than a staging
+matrix) or spill the loop's live values around it, and the kernel runs without NRT reference
+counting. Frames a few places ahead are prefetched: with frames hundreds of bytes apart, each
+header is otherwise a separate trip to memory, and overlapping those trips made the loop about 3x
+faster on captures not in cache. The columns of batches up to 65,536 rows are views of buffers
+that a later parse reuses once no array views them any more (see ``_columns``).
 
 The same code runs as plain Python under ``NUMBA_DISABLE_JIT=1`` (slowly), which is why byte
 reads go through ``np.int64(...)``: a uint8 shifted left would overflow in plain Python, and
@@ -51,13 +53,15 @@ Semantics chosen (and why):
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from numba import njit
 
-from dataplane.packets import FRAGMENT, MALFORMED, NOT_IP, OK, PacketBatch
+from dataplane.packets import COLUMNS, FRAGMENT, MALFORMED, NOT_IP, OK, PacketBatch
 from dataplane.prefetch import prefetch
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +183,11 @@ _V_COLUMNS = (
 # allocates.
 _kernel = njit(cache=True, _nrt=False)
 # The layers that write columns are inlined: the columns travel as tuples of arrays, and passing
-# those to a real call copies every array's descriptor.
+# those to a real call copies every array's descriptor. The link layer and the IPv6 walkers are
+# inlined too: LLVM left them as calls, which spill the kernel's many live values around each one
+# (the call to _link alone was 30 of the 43 ns per packet, on frames in cache). The two-line
+# readers stay plain functions: LLVM inlines those itself, and inlining them in numba's IR as
+# well measured slower.
 _layer = njit(cache=True, _nrt=False, inline="always")
 # Frames are parsed this many ahead of their headers being asked for (prefetch): each frame is
 # typically a trip to memory, and overlapping them was 3x faster than waiting on each.
@@ -222,7 +230,7 @@ def _u32(b, p):
     )
 
 
-@_kernel
+@_layer
 def _u64(b, p):
     v = np.uint64(0)
     for k in range(8):
@@ -234,7 +242,7 @@ def _u64(b, p):
 # Link layer: -> (start of the network header, _K_*)
 
 
-@_kernel
+@_layer
 def _after_ethertype(b, p, end, etype):
     """Skip VLAN tags, then classify the ethertype."""
     tags = 0
@@ -251,7 +259,7 @@ def _after_ethertype(b, p, end, etype):
     return p, _K_NOT_IP
 
 
-@_kernel
+@_layer
 def _link(b, off, end, lt):
     if lt == 1:  # Ethernet: dst(6) src(6) type(2)
         if off + 14 > end:
@@ -312,7 +320,7 @@ def _link(b, off, end, lt):
 # IPv6 extension headers
 
 
-@_kernel
+@_layer
 def _v6_ext(b, q, cap_end, wire_end, nh):
     """Walk extension headers from q. Returns (transport offset, upper protocol, ok, frag_id,
     frag_offset, frag_more). Stops at a non-first fragment: its payload is not a header."""
@@ -575,6 +583,51 @@ def _parse_kernel(buf, offsets, caplen, origlen, link_type, V, U):
 
 
 # ---------------------------------------------------------------------------------------------
+# Column memory
+
+# Fresh columns for every chunk cost more than the parse itself: freeing a batch gives its pages
+# back to the OS, and the next chunk's columns take a page fault per 4 KiB (14,000 faults and
+# 45 ms per 1M packets here). So batches of up to _RECYCLE_ROWS rows take their columns from
+# buffers that earlier batches used and no longer view. A few buffers per column, because
+# whoever iterates still holds the previous batch while the next one is parsed.
+_RECYCLE_ROWS = 1 << 16
+_ROUND_ROWS = 4096  # chunks of a capture differ by a few rows: let one buffer serve them all
+_KEEP = 4
+_spare: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS if name != "index"}
+_spare_lock = threading.Lock()  # between finding a free buffer and viewing it
+_DEFAULT = {name: col[0] for name, col in PacketBatch.empty(1).columns().items()}
+# written in full by parse_frames: no default needed
+_WRITTEN = frozenset({"ts", "length", "status"})
+
+
+def _column(pool: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
+    if n > _RECYCLE_ROWS:
+        return np.empty(n, dtype=dtype)
+    for i in range(len(pool)):
+        buf = pool[i]
+        # a batch's column is a view, which holds a reference to its buffer: with none left,
+        # the references are the pool's, this local's and getrefcount's argument
+        if sys.getrefcount(buf) <= 3:
+            if buf.shape[0] < n:
+                buf = pool[i] = np.empty(-(-n // _ROUND_ROWS) * _ROUND_ROWS, dtype=dtype)
+            return buf[:n]
+    buf = np.empty(-(-n // _ROUND_ROWS) * _ROUND_ROWS, dtype=dtype)
+    if len(pool) < _KEEP:
+        pool.append(buf)
+    return buf[:n]
+
+
+def _columns(n: int) -> dict[str, np.ndarray]:
+    """Columns for n rows (all but ``index``), at their defaults except those in _WRITTEN."""
+    with _spare_lock:
+        cols = {name: _column(_spare[name], n, COLUMNS[name]) for name in _spare}
+    for name, col in cols.items():
+        if name not in _WRITTEN:
+            col.fill(_DEFAULT[name])
+    return cols
+
+
+# ---------------------------------------------------------------------------------------------
 # Public API
 
 
@@ -611,16 +664,15 @@ def parse_frames(
     if not (len(caps) == len(origs) == len(lts) == n):
         raise ValueError("offsets, caplen, origlen and link_type must have the same length")
 
-    batch = PacketBatch.empty(n)  # every column at its default; the kernel fills them in place
+    cols = _columns(n)  # at their defaults; the kernel fills them in place
     if n:
-        V = tuple(getattr(batch, name) for name in _V_COLUMNS)
-        U = tuple(getattr(batch, name) for name in _U_COLUMNS)
+        V = tuple(cols[name] for name in _V_COLUMNS)
+        U = tuple(cols[name] for name in _U_COLUMNS)
         _parse_kernel(buf, offs, caps, origs, lts, V, U)
-    if index is not None:
-        batch.index = _as_int64(index, n)
-    batch.ts = np.broadcast_to(np.asarray(ts, dtype=np.float64), (n,)).copy()
-    batch.length = origs.astype(np.uint32)
-    return batch
+    cols["index"] = np.arange(n, dtype=np.int64) if index is None else _as_int64(index, n)
+    np.copyto(cols["ts"], np.broadcast_to(np.asarray(ts, dtype=np.float64), (n,)))
+    np.copyto(cols["length"], origs, casting="unsafe")
+    return PacketBatch(**cols)
 
 
 def scapy_link_type(pkt: Any) -> int:
