@@ -92,6 +92,17 @@ class CtStep(NamedTuple):
     is_reply: bool
 
 
+def _outputs(n: int) -> tuple[np.ndarray, ...]:
+    """The kernel's per-packet outputs: verdict, ctstate, reason code, is-reply, connection tag."""
+    return (
+        np.zeros(n, np.bool_),
+        np.zeros(n, np.uint8),
+        np.zeros(n, np.uint16),
+        np.zeros(n, np.bool_),
+        np.empty(n, np.int64),
+    )
+
+
 class Conntrack:
     """The connection table plus the per-protocol trackers. See the module docstring."""
 
@@ -122,13 +133,7 @@ class Conntrack:
         and ``allowed_if_new[i]``.
         """
         n = len(batch)
-        out = (
-            np.zeros(n, np.bool_),
-            np.zeros(n, np.uint8),
-            np.zeros(n, np.uint16),
-            np.zeros(n, np.bool_),
-            np.empty(n, np.int64),
-        )
+        out = _outputs(n)
         self._table.track(
             batch, 0, n, allowed_if_new, out, self.timeouts, self.loose, self.max_entries
         )
@@ -144,13 +149,7 @@ class Conntrack:
         the ones ``run(batch, engine.evaluate(batch, "NEW"))`` gives; the fourth is a tag per
         packet naming the connection it passed in (``connection_slots`` explains it)."""
         n = len(batch)
-        out = (
-            np.zeros(n, np.bool_),
-            np.zeros(n, np.uint8),
-            np.zeros(n, np.uint16),
-            np.zeros(n, np.bool_),
-            np.empty(n, np.int64),
-        )
+        out = _outputs(n)
         self._table.track(
             batch, 0, n, None, out, self.timeouts, self.loose, self.max_entries, policy
         )
@@ -167,13 +166,7 @@ class Conntrack:
     def step(self, batch: PacketBatch, i: int, allowed: bool = True) -> CtStep:
         """Packet ``i`` alone, exactly as ``run`` treats it with ``allowed_if_new[i] = allowed``
         (at time ``batch.ts[i]``)."""
-        out = (
-            np.zeros(1, np.bool_),
-            np.zeros(1, np.uint8),
-            np.zeros(1, np.uint16),
-            np.zeros(1, np.bool_),
-            np.empty(1, np.int64),
-        )
+        out = _outputs(1)
         self._table.track(
             batch,
             i,

@@ -366,6 +366,9 @@ def timeout_vector(t: Timeouts) -> np.ndarray:
 # would release an array an unrefcounted callee returns -- so every function here is a _helper
 # except the entry points that only pass arrays down (_reindex, _expire). The hot calls also
 # take few arrays: each one is passed as 7-11 machine words.
+# engine_kernel.policy_verdict is compiled into _run's cached machine code, which numba refreshes
+# only when this file changes: after editing engine_kernel.py in a checkout, touch this file too
+# (an install replaces both).
 _helper = njit(cache=True, _nrt=False)
 # Inlined into their one caller: removing these two calls from the per-packet path measured 20%
 # faster; inlining more (the bigger _tcp_apply has two callers) made it slower.

@@ -4,9 +4,9 @@ Per chunk: conntrack walks the chunk in capture order, on the packets' own times
 accepting ESTABLISHED/RELATED, dropping INVALID, and asking the engine what the tables say about
 each packet that needs the policy's verdict (NEW, UNTRACKED, fragments) as it meets it: the
 tables' only stateful matches are the conntrack ones at the top of the dispatch chain, so the
-rest of the tables see such a packet as NEW. Packets of established flows are never classified. The
-connection table lives across chunks, so memory stays bounded by the chunk size and the table
-limit, never by the capture.
+rest of the tables see such a packet as NEW. Packets of established flows are never classified.
+The connection table lives across chunks, so memory stays bounded by the chunk size and the
+table limit, never by the capture.
 
 Non-first IP fragments follow the verdict of their datagram's first fragment, because the kernel
 filters after reassembly; one whose first fragment was not seen earlier is dropped.
