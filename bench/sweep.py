@@ -245,7 +245,8 @@ def point_replay(
     replayer = Replayer(rs)
     startup_s = time.perf_counter() - t0
     rss_before = _rss_mb()
-    # the median of three replays (a fresh Replayer each): one run on a shared VM can be 1.5x off
+    # the median of REPLAY_RUNS replays, a fresh Replayer each: one run on a shared VM can be
+    # 1.5x off
     runs = []
     for run in range(REPLAY_RUNS):
         replayer = replayer if run == 0 else Replayer(rs)

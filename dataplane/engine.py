@@ -78,10 +78,9 @@ class Engine:
         """
         return self.evaluate_explained(batch, ctstate)[0]
 
-    def policy(self, batch: PacketBatch) -> tuple:
-        """The engine's arrays and ``batch``'s columns, as ``Conntrack.run_policy`` hands them to
-        its kernel; the last item is the decider array (int64, -1 = FORWARD's policy) it fills
-        for the packets it asks about (the others keep -1)."""
+    def _kernel_args(self, batch: PacketBatch) -> tuple:
+        """What the kernels take before their per-call arguments: the engine's arrays, then
+        ``batch``'s columns."""
         return (
             self._prog,
             self.program.entry,
@@ -98,8 +97,13 @@ class Engine:
             np.ascontiguousarray(batch.dst_lo),
             np.ascontiguousarray(batch.proto),
             np.ascontiguousarray(batch.dport),
-            np.full(len(batch), -1, dtype=np.int64),
         )
+
+    def policy(self, batch: PacketBatch) -> tuple:
+        """The engine's arrays and ``batch``'s columns, as ``Conntrack.run_policy`` hands them to
+        its kernel; the last item is the decider array (int64, -1 = FORWARD's policy) it fills
+        for the packets it asks about (the others keep -1)."""
+        return (*self._kernel_args(batch), np.full(len(batch), -1, dtype=np.int64))
 
     def evaluate_explained(
         self, batch: PacketBatch, ctstate: np.ndarray | str = "NEW"
@@ -117,24 +121,5 @@ class Engine:
         if n == 0:
             return ok, rule
         with np.errstate(over="ignore"):  # hashing wraps on purpose (matters only unjitted)
-            classify(
-                self._prog,
-                self.program.entry,
-                len(self.program.s_family),
-                self._classes,
-                self._cache_keys,
-                self._cache_vals,
-                self._counters,
-                self._stack,
-                np.ascontiguousarray(batch.family),
-                np.ascontiguousarray(batch.src_hi),
-                np.ascontiguousarray(batch.src_lo),
-                np.ascontiguousarray(batch.dst_hi),
-                np.ascontiguousarray(batch.dst_lo),
-                np.ascontiguousarray(batch.proto),
-                np.ascontiguousarray(batch.dport),
-                ct,
-                ok,
-                rule,
-            )
+            classify(*self._kernel_args(batch), ct, ok, rule)
         return ok, rule

@@ -2,8 +2,10 @@
 
 A flow is keyed direction-free (the lower (address, port) end first), so a reply counts with the
 connection it answers; ICMP packets use their echo identifier as both ports, so two pings between
-the same pair in opposite directions stay two flows; the first packet seen fixes the flow's direction, index, time and reason.
-The table grows by doubling before a chunk could overfill it, so a chunk is one kernel call.
+the same pair in opposite directions stay two flows; the first packet seen fixes the flow's
+direction, index, time and reason. The table grows by doubling before a chunk could overfill it,
+so a chunk is one kernel call. With conntrack's connection tags (``Conntrack.run_policy``), a
+connection's flow is hashed for once and then found by the connection's slot (``known``).
 """
 
 from __future__ import annotations
