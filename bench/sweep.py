@@ -325,6 +325,49 @@ def run_point(kind: str, budget_s: float, **params: Any) -> dict:
     return {"status": "ok", "wall_s": wall, **params, **result}
 
 
+STARTUP_COMMANDS = {
+    "npemu demo": ["demo"],
+    "npemu replay (three-tier)": [
+        "replay",
+        "-f",
+        "examples/three-tier",
+        "examples/three-tier/traffic.pcap",
+    ],
+}
+
+
+def startup(runs: int) -> list[dict]:
+    """Wall time of whole CLI runs on the three-tier example, each a fresh interpreter: imports,
+    numba's cache load, compile and the work itself. Python may write bytecode caches, as it
+    has after a ``pip install`` (an unset PYTHONDONTWRITEBYTECODE): one untimed run first
+    writes them."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    rows = []
+    for label, args in STARTUP_COMMANDS.items():
+        cmd = [sys.executable, "-m", "dataplane.cli", *args]
+        times = []
+        for i in range(runs + 1):
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                rows.append({"command": label, "status": "error", "error": proc.stderr[-500:]})
+                break
+            if i:
+                times.append(time.perf_counter() - t0)
+        else:
+            rows.append(
+                {
+                    "command": label,
+                    "status": "ok",
+                    "runs_s": times,
+                    "median_s": statistics.median(times),
+                    "max_s": max(times),
+                }
+            )
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # plan
 
@@ -342,6 +385,7 @@ def plan(quick: bool) -> dict[str, Any]:
             "scan": 10_000,
             "big": None,
             "scapy_prefix": 300,
+            "startup_runs": 1,
             "budget": 120.0,
         }
     return {
@@ -362,6 +406,7 @@ def plan(quick: bool) -> dict[str, Any]:
         "scan": 100_000,
         "big": 2 << 30,  # bytes: the DESIGN's "2 GB capture" memory point
         "scapy_prefix": 2_000,
+        "startup_runs": 5,
         "budget": 300.0,
     }
 
@@ -371,6 +416,11 @@ def sweep(quick: bool, out: Path, img: Path) -> dict:
     budget = p["budget"]
     results: dict[str, Any] = {"machine": machine(), "quick": quick, "started": time.time()}
     t_start = time.perf_counter()
+
+    _log(f"start-up: {p['startup_runs']} runs of each command")
+    results["startup"] = startup(p["startup_runs"])
+    for r in results["startup"]:
+        _log(f"  -> {r['command']}: {_brief(r, 'median_s', 'max_s')}")
 
     results["classify"] = []
     for rules in p["classify"]:
@@ -606,6 +656,16 @@ def tables(results: dict) -> str:
         out.extend("| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows)
         out.append("")
 
+    if results.get("startup"):
+        table(
+            ["command", "median s", "slowest s", "runs"],
+            [
+                [r["command"], r["median_s"], r["max_s"], len(r["runs_s"])]
+                if r["status"] == "ok"
+                else [r["command"], r["status"], "", ""]
+                for r in results["startup"]
+            ],
+        )
     rows = []
     for r in results["classify"]:
         if r["status"] != "ok":

@@ -170,3 +170,25 @@ def test_matrix_png_heatmap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     )
     assert code == 0 and "heatmap written" in err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_commands_run_without_numba_blas_and_leave_scipy_importable() -> None:
+    """The command line keeps numba from loading SciPy's BLAS while a command runs (start-up
+    time), and puts sys.modules back afterwards, so SciPy stays importable in the process."""
+    script = """
+import importlib.util, io, sys, contextlib
+from dataplane.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(["check", "-f", "examples/three-tier", "--from", "prod/web", "--to", "prod/db",
+                 "--port", "3306"])
+import numba.np.arraymath as arraymath
+blas = "scipy.linalg.cython_blas"
+print(code in (0, 1), arraymath._HAVE_BLAS, blas in sys.modules and sys.modules[blas] is None)
+if importlib.util.find_spec("scipy") is not None:
+    import scipy.linalg  # would fail if the None entry had been left behind
+"""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "False", "False"], out.stdout
