@@ -91,10 +91,40 @@ class ReplaySummary:
     packets: int = 0
     allowed: int = 0
     dropped: int = 0
-    by_reason: Counter[str] = field(default_factory=Counter)
     table: FlowTable = field(default_factory=FlowTable.empty)
     reason_table: ReasonTable | None = None
+    # packets per reason code * 2 + allowed, and those slots in the order they were first
+    # counted (chunk by chunk, by label within a chunk), which is by_reason's order for ties
+    reason_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _reason_order: list[int] = field(default_factory=list, init=False, repr=False)
+    _by_reason: Counter[str] | None = field(default=None, init=False, repr=False)
     _flows: dict[tuple, FlowStats] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def by_reason(self) -> Counter[str]:
+        """Packets per "allow: reason" / "drop: reason" label (built on first use)."""
+        if self._by_reason is None:
+            self._by_reason = Counter(
+                {_reason_label(self.reason_table, slot): int(self.reason_counts[slot])
+                 for slot in self._reason_order}
+            )  # fmt: skip
+        return self._by_reason
+
+    def _count_reasons(self, v: ChunkVerdicts) -> int:
+        """Add the chunk's packets per reason and verdict; -> how many were allowed."""
+        size = 2 * len(v.reason_table.texts)
+        if len(self.reason_counts) < size:
+            grown = np.zeros(size, dtype=np.int64)
+            grown[: len(self.reason_counts)] = self.reason_counts
+            self.reason_counts = grown
+        before = self.reason_counts.copy()
+        n_allowed = int(_count_reasons(v.reason_code, v.allowed, self.reason_counts))
+        new = np.flatnonzero((before == 0) & (self.reason_counts > 0)).tolist()
+        if new:
+            new.sort(key=lambda slot: _reason_label(v.reason_table, slot))
+            self._reason_order.extend(new)
+        self._by_reason = None
+        return n_allowed
 
     def to_dict(self, max_flows: int | None = None) -> dict[str, Any]:
         flows = sorted(self.flows.items(), key=lambda kv: kv[1].first_index)
@@ -310,22 +340,30 @@ def accumulate(summary: ReplaySummary, v: ChunkVerdicts) -> None:
     """Add one chunk's verdicts to the totals, reasons and per-flow counters."""
     n = len(v.batch)
     summary.packets += n
-    n_allowed = int(v.allowed.sum())
-    summary.allowed += n_allowed
-    summary.dropped += n - n_allowed
     summary.reason_table = v.reason_table
     if not n:
         return
-    counts = np.bincount(v.reason_code * 2 + v.allowed, minlength=2 * len(v.reason_table.texts))
-    texts = v.reason_table.texts
-    labelled = [
-        (("allow: " if slot & 1 else "drop: ") + texts[slot >> 1], int(counts[slot]))
-        for slot in np.flatnonzero(counts)
-    ]
-    for label, count in sorted(labelled):  # sorted: ties keep a stable order in most_common()
-        summary.by_reason[label] += count
+    n_allowed = summary._count_reasons(v)
+    summary.allowed += n_allowed
+    summary.dropped += n - n_allowed
     summary.table.add(v.batch, v.allowed, v.reason_code, v.connection, v.connection_slots)
     summary._flows = None  # rows built before this chunk are stale
+
+
+def _reason_label(table: ReasonTable | None, slot: int) -> str:
+    text = table.texts[slot >> 1] if table is not None else str(slot >> 1)
+    return ("allow: " if slot & 1 else "drop: ") + text
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _count_reasons(codes, allowed, counts):
+    """counts[code * 2 + allowed] += 1 per packet; -> how many were allowed."""
+    n_allowed = 0
+    for i in range(codes.shape[0]):
+        a = 1 if allowed[i] else 0
+        counts[codes[i] * 2 + a] += 1
+        n_allowed += a
+    return n_allowed
 
 
 def replay(

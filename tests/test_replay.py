@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,29 @@ def test_per_packet_verdicts(tmp_path: Path, kind: str) -> None:
     assert not bad, bad
     assert summary.packets == len(cases)
     assert summary.allowed == sum(v == "allow" for _, v, _ in cases)
+
+
+def test_reasons_are_counted_per_verdict_in_first_seen_order(tmp_path: Path) -> None:
+    """by_reason equals a recount of the per-packet rows, whatever the chunk size; labels with
+    equal counts keep the order they were first met in (chunk by chunk, by label within one)."""
+    path = tmp_path / "capture.pcap"
+    write_scapy(str(path), [p for p, _, _ in scenario()])
+    for chunk in (1, 7, 1000):
+        rows: list[dict] = []
+        summary = replay(
+            open_capture(str(path)).batches(max_packets=chunk),
+            Replayer(lower(CLUSTER)),
+            on_chunk=lambda v, rows=rows: rows.extend(packet_rows(v)),
+        )
+        labels = [f"{r['verdict']}: {r['reason']}" for r in rows]
+        assert summary.by_reason == Counter(labels)
+        assert sum(summary.by_reason.values()) == summary.packets == len(rows)
+        first_seen: list[str] = []
+        for start in range(0, len(labels), chunk):
+            met = {x for x in labels[start : start + chunk] if x not in first_seen}
+            first_seen.extend(sorted(met))
+        assert list(summary.by_reason) == first_seen
+        assert len(set(summary.by_reason.values())) < len(summary.by_reason)  # ties exist
 
 
 def test_write_allowed_and_dropped_split_the_capture(tmp_path: Path) -> None:
