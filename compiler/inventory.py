@@ -60,11 +60,13 @@ class Inventory:
         for pod in cluster.pods:
             if pod.node_name:
                 self.pods_by_node[pod.node_name].append(pod)
+        # address literal -> (family, canonical text); see address()
+        self._addresses: dict[str, tuple[int, str]] = {}
         self.pod_by_ip: dict[str, Pod] = {}
         for pod in cluster.pods:
             if not pod.host_network:
                 for ip in pod.ips:
-                    self.pod_by_ip.setdefault(_norm(ip), pod)
+                    self.pod_by_ip.setdefault(self.address(ip)[1], pod)
 
     # -- selection -----------------------------------------------------------------------------
 
@@ -104,6 +106,15 @@ class Inventory:
         return [p for p in self.select_pods([policy_namespace], selector) if not p.host_network]
 
     # -- addresses -----------------------------------------------------------------------------
+
+    def address(self, ip: str) -> tuple[int, str]:
+        """(family, canonical text) of an address literal. Memoised: lowering reads every pod
+        address once per set and rule it lands in, and ipaddress parsing would dominate."""
+        known = self._addresses.get(ip)
+        if known is None:
+            addr = ipaddress.ip_address(ip)
+            known = self._addresses[ip] = (addr.version, str(addr))
+        return known
 
     def pod_ips(self, pod: Pod) -> tuple[str, ...]:
         """The addresses a pod's traffic carries; a hostNetwork pod without its own carries its

@@ -18,6 +18,7 @@ import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from .gc_pause import cyclic_gc_paused
 from .inventory import Inventory
 from .model import Cluster, IPBlock, LabelSelector, NetworkPolicy, Peer, Pod, PolicyPort, PolicyRule
 from .tables import (
@@ -42,15 +43,21 @@ def _digest(*parts: str) -> str:
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:12].upper()
 
 
-def _family(ip: str) -> int:
-    return ipaddress.ip_address(ip).version
+# Every allow-check rule carries the same match; matches are immutable, so one tuple serves all.
+_IF_ALLOWED = (MarkMatch(ALLOW_MARK, ALLOW_MARK),)
+
+# (port family constraint, matches) alternatives of one ports entry; see _port_alternatives.
+_PortAlternatives = list[tuple[int | None, tuple[Match, ...]]]
 
 
-def _split_families(ips: list[str] | tuple[str, ...]) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {4: [], 6: []}
-    for ip in ips:
-        out[_family(ip)].append(str(ipaddress.ip_address(ip)))
-    return out
+@dataclass(frozen=True)
+class _PolicyJump:
+    """What every per-pod chain that jumps to one policy's chain repeats, computed once."""
+
+    chain: str
+    policy: str  # the policy's key
+    jump_comment: str
+    allow_comment: str
 
 
 @dataclass
@@ -62,6 +69,26 @@ class _Builder:
     _named_port_sets: dict[tuple[str, str], dict[tuple[int, int], str]] = field(
         default_factory=dict
     )
+    # Memos: peers, ports and policies recur across rules and pods, and resolving them again
+    # (selector scans, ipaddress parsing, frozen-dataclass construction) was most of the cost.
+    # Keyed by the objects' fields as plain tuples: equal-but-distinct dataclass keys would go
+    # through the dataclasses' slow generated __eq__ on every hit.
+    _namespaces_of: dict[tuple, tuple[str, ...]] = field(default_factory=dict)
+    _ipblock_sets: dict[tuple, tuple[int, str]] = field(default_factory=dict)
+    _port_alts: dict[tuple, _PortAlternatives] = field(default_factory=dict)
+    _jumps: dict[tuple[str, str], _PolicyJump] = field(default_factory=dict)
+
+    def family(self, ip: str) -> int:
+        return self.inv.address(ip)[0]
+
+    def split_families(self, ips: list[str] | tuple[str, ...]) -> dict[int, list[str]]:
+        """Canonical addresses by family (4 and 6 always present), in input order."""
+        out: dict[int, list[str]] = {4: [], 6: []}
+        address = self.inv.address
+        for ip in ips:
+            fam, text = address(ip)
+            out[fam].append(text)
+        return out
 
     # -- sets ----------------------------------------------------------------------------------
 
@@ -92,7 +119,7 @@ class _Builder:
         if peer.namespace_selector is None:
             namespaces: tuple[str, ...] = (policy.namespace,)
         else:
-            namespaces = tuple(self.inv.select_namespaces(peer.namespace_selector))
+            namespaces = self._namespaces(peer.namespace_selector)
         pod_selector = peer.pod_selector or LabelSelector()
         cache_key = (namespaces, pod_selector)
         if cache_key not in self._selector_sets:
@@ -102,11 +129,25 @@ class _Builder:
             comment = f"pods {pod_selector} in namespaces {','.join(namespaces) or '(none)'}"
             self._selector_sets[cache_key] = {
                 fam: self._add_set("P", identity, "hash:ip", fam, members, comment=comment)
-                for fam, members in _split_families(ips).items()
+                for fam, members in self.split_families(ips).items()
             }
         return self._selector_sets[cache_key]
 
+    def _namespaces(self, selector: LabelSelector) -> tuple[str, ...]:
+        key = (selector.match_labels, selector.match_expressions)
+        namespaces = self._namespaces_of.get(key)
+        if namespaces is None:
+            namespaces = self._namespaces_of[key] = tuple(self.inv.select_namespaces(selector))
+        return namespaces
+
     def ipblock_set(self, block: IPBlock) -> tuple[int, str]:
+        key = (block.cidr, block.except_)
+        found = self._ipblock_sets.get(key)
+        if found is None:
+            found = self._ipblock_sets[key] = self._new_ipblock_set(block)
+        return found
+
+    def _new_ipblock_set(self, block: IPBlock) -> tuple[int, str]:
         net = ipaddress.ip_network(block.cidr, strict=False)
         excepts = tuple(str(ipaddress.ip_network(e, strict=False)) for e in block.except_)
         comment = f"ipBlock {net}" + (f" except {','.join(excepts)}" if excepts else "")
@@ -135,7 +176,7 @@ class _Builder:
                     by_number[number].extend(pod.ips)
             out: dict[tuple[int, int], str] = {}
             for number, ips in sorted(by_number.items()):
-                for fam, members in _split_families(ips).items():
+                for fam, members in self.split_families(ips).items():
                     if members:
                         out[(number, fam)] = self._add_set(
                             "N",
@@ -149,6 +190,20 @@ class _Builder:
         return self._named_port_sets[key]
 
     # -- policy chains -------------------------------------------------------------------------
+
+    def policy_jump(self, policy: NetworkPolicy, direction: str) -> _PolicyJump:
+        """The policy's chain for that direction (built on first use) and the texts of the
+        rules that jump to it."""
+        key = policy.key
+        jump = self._jumps.get((key, direction))
+        if jump is None:
+            jump = self._jumps[(key, direction)] = _PolicyJump(
+                chain=self.policy_chain(policy, direction),
+                policy=key,
+                jump_comment=f"{direction} policy {key}",
+                allow_comment=f"allowed by {key}",
+            )
+        return jump
 
     def policy_chain(self, policy: NetworkPolicy, direction: str) -> str:
         letter = "I" if direction == "ingress" else "E"
@@ -184,12 +239,17 @@ class _Builder:
                     out.append((pi, fam, (SetMatch(name, peer_dir),)))
         return out
 
-    def _port_alternatives(
-        self, port: PolicyPort | None
-    ) -> list[tuple[int | None, tuple[Match, ...]]]:
+    def _port_alternatives(self, port: PolicyPort | None) -> _PortAlternatives:
         """(family constraint, matches) for one ports entry."""
         if port is None:
             return [(None, ())]
+        key = (port.protocol, port.port, port.end_port)
+        found = self._port_alts.get(key)
+        if found is None:
+            found = self._port_alts[key] = self._new_port_alternatives(port)
+        return found
+
+    def _new_port_alternatives(self, port: PolicyPort) -> _PortAlternatives:
         proto = ProtoMatch(port.protocol.lower())
         if port.port is None:
             return [(None, (proto,))]
@@ -240,7 +300,8 @@ class _Builder:
 
     def pod_chain(self, pod: Pod, direction: str, policies: list[NetworkPolicy]) -> str:
         letter = "I" if direction == "ingress" else "E"
-        name = f"NPEMU-{letter}-{_digest(pod.key)}"
+        pod_key = pod.key
+        name = f"NPEMU-{letter}-{_digest(pod_key)}"
         self_dir = "src" if direction == "ingress" else "dst"
         rules: list[Rule] = []
         for ip in self.inv.pod_ips(pod):
@@ -248,9 +309,9 @@ class _Builder:
                 Rule(
                     matches=(AddrMatch(ip, self_dir),),
                     target="RETURN",
-                    family=_family(ip),
-                    comment=f"self traffic of {pod.key}",
-                    provenance=Provenance(kind="self", pod=pod.key),
+                    family=self.family(ip),
+                    comment=f"self traffic of {pod_key}",
+                    provenance=Provenance(kind="self", pod=pod_key),
                 )
             )
         rules.append(
@@ -258,37 +319,38 @@ class _Builder:
                 target="MARK",
                 mark=(0, ALLOW_MARK),
                 comment="clear allow mark",
-                provenance=Provenance(kind="clear-mark", pod=pod.key),
+                provenance=Provenance(kind="clear-mark", pod=pod_key),
             )
         )
-        for policy in policies:
+        jumps = [self.policy_jump(policy, direction) for policy in policies]
+        for jump in jumps:
             rules.append(
                 Rule(
                     target="JUMP",
-                    jump=self.policy_chain(policy, direction),
-                    comment=f"{direction} policy {policy.key}",
+                    jump=jump.chain,
+                    comment=jump.jump_comment,
                     provenance=Provenance(
-                        kind="policy-jump", policy=policy.key, direction=direction, pod=pod.key
+                        kind="policy-jump", policy=jump.policy, direction=direction, pod=pod_key
                     ),
                 )
             )
             rules.append(
                 Rule(
-                    matches=(MarkMatch(ALLOW_MARK, ALLOW_MARK),),
+                    matches=_IF_ALLOWED,
                     target="RETURN",
-                    comment=f"allowed by {policy.key}",
+                    comment=jump.allow_comment,
                     provenance=Provenance(
-                        kind="allow-check", policy=policy.key, direction=direction, pod=pod.key
+                        kind="allow-check", policy=jump.policy, direction=direction, pod=pod_key
                     ),
                 )
             )
-        deny = Provenance(kind="default-deny", direction=direction, pod=pod.key)
+        deny = Provenance(kind="default-deny", direction=direction, pod=pod_key)
         rules.append(Rule(target="DROP", comment=deny.describe(), provenance=deny))
         self.chains[name] = Chain(
             name=name,
             rules=tuple(rules),
-            owner=pod.key,
-            comment=f"{direction} of {pod.key} (isolated by {', '.join(p.key for p in policies)})",
+            owner=pod_key,
+            comment=f"{direction} of {pod_key} (isolated by {', '.join(j.policy for j in jumps)})",
         )
         return name
 
@@ -310,6 +372,12 @@ def isolation(
 
 def lower(cluster: Cluster, node: str | None = None, inventory: Inventory | None = None) -> Ruleset:
     """Compile a cluster into a Ruleset. With ``node``, only that node's pods get chains."""
+    # a third of the run time went to full collections over the growing heap of rules
+    with cyclic_gc_paused():
+        return _lower(cluster, node, inventory)
+
+
+def _lower(cluster: Cluster, node: str | None, inventory: Inventory | None) -> Ruleset:
     inv = inventory or Inventory(cluster)
     b = _Builder(inv)
     ingress_of, egress_of = isolation(inv, cluster.policies)
@@ -341,7 +409,7 @@ def lower(cluster: Cluster, node: str | None = None, inventory: Inventory | None
             for ip in inv.pod_ips(p)
         ]
         host_ips = list(inv.node_host_ips(node_name))
-        pods_by_fam, host_by_fam = _split_families(pod_ips), _split_families(host_ips)
+        pods_by_fam, host_by_fam = b.split_families(pod_ips), b.split_families(host_ips)
         for fam in (4, 6):
             if not pods_by_fam[fam] or not host_by_fam[fam]:
                 continue
@@ -389,7 +457,7 @@ def lower(cluster: Cluster, node: str | None = None, inventory: Inventory | None
                         matches=(AddrMatch(ip, addr_dir),),
                         target="JUMP",
                         jump=chain,
-                        family=_family(ip),
+                        family=b.family(ip),
                         comment=f"{direction} of {pod.key}",
                         provenance=Provenance(
                             kind="dispatch",

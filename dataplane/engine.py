@@ -10,10 +10,9 @@ rules there are, only (logarithmically) on how many distinct addresses the table
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 
+from compiler.gc_pause import cyclic_gc_paused
 from compiler.tables import Rule, Ruleset
 
 from .classes import Classes, build_classes
@@ -35,14 +34,9 @@ class Engine:
         self.ruleset = ruleset
         # The build allocates millions of small objects next to a Ruleset of millions more: with
         # the collector on, its full passes over all of them took a good part of the build.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with cyclic_gc_paused():
             self.program: Program = compile_program(ruleset)
             self.classes: Classes = build_classes(self.program)
-        finally:
-            if collecting:
-                gc.enable()
         # (chain, index, rule) for every rule; evaluate_explained() reports positions in this list
         self.rules: list[tuple[str, int, Rule]] = self.program.rules
         self._prog = self.program.arrays()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+
+import pytest
+
 import compiler.inventory as inventory_module
 from compiler.inventory import Inventory
 from compiler.lower import isolation, lower
@@ -210,3 +214,26 @@ def test_selector_resolution_uses_the_label_index(monkeypatch) -> None:
     lower(Cluster(pods=pods, policies=policies))
     # a pods x policies scan would be 2.5 million checks; the index narrows to the label hits
     assert calls < 50_000
+
+
+def test_lower_pauses_the_collector_and_restores_it() -> None:
+    cluster = Cluster(pods=(Pod("ns", "a", ips=("10.0.0.1",)),))
+    assert gc.isenabled()
+    lower(cluster)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        lower(cluster)
+        assert not gc.isenabled()  # a caller's choice is left alone
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError):
+        lower(Cluster(pods=(Pod("ns", "a", ips=("not-an-ip",)),)))
+    assert gc.isenabled()
+
+
+def test_inventory_address_is_family_and_canonical_text() -> None:
+    inv = Inventory(Cluster())
+    assert inv.address("10.0.0.1") == (4, "10.0.0.1")
+    assert inv.address("2001:DB8:0::1") == (6, "2001:db8::1")
+    assert inv.address("2001:DB8:0::1") is inv.address("2001:DB8:0::1")  # memoised
