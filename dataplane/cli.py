@@ -752,7 +752,7 @@ def _without_numba_blas() -> Iterator[None]:
     try:
         yield
     finally:
-        if hidden and sys.modules.get(_BLAS, _BLAS) is None:
+        if hidden and _BLAS in sys.modules and sys.modules[_BLAS] is None:
             del sys.modules[_BLAS]
 
 

@@ -104,8 +104,9 @@ class ReplaySummary:
     def by_reason(self) -> Counter[str]:
         """Packets per "allow: reason" / "drop: reason" label (built on first use)."""
         if self._by_reason is None:
+            texts = self.reason_table.texts if self.reason_table is not None else []
             self._by_reason = Counter(
-                {_reason_label(self.reason_table, slot): int(self.reason_counts[slot])
+                {_reason_label(texts, slot): int(self.reason_counts[slot])
                  for slot in self._reason_order}
             )  # fmt: skip
         return self._by_reason
@@ -121,7 +122,7 @@ class ReplaySummary:
         n_allowed = int(_count_reasons(v.reason_code, v.allowed, self.reason_counts))
         new = np.flatnonzero((before == 0) & (self.reason_counts > 0)).tolist()
         if new:
-            new.sort(key=lambda slot: _reason_label(v.reason_table, slot))
+            new.sort(key=lambda slot: _reason_label(v.reason_table.texts, slot))
             self._reason_order.extend(new)
         self._by_reason = None
         return n_allowed
@@ -350,9 +351,8 @@ def accumulate(summary: ReplaySummary, v: ChunkVerdicts) -> None:
     summary._flows = None  # rows built before this chunk are stale
 
 
-def _reason_label(table: ReasonTable | None, slot: int) -> str:
-    text = table.texts[slot >> 1] if table is not None else str(slot >> 1)
-    return ("allow: " if slot & 1 else "drop: ") + text
+def _reason_label(texts: list[str], slot: int) -> str:
+    return ("allow: " if slot & 1 else "drop: ") + texts[slot >> 1]
 
 
 @njit(cache=True, nogil=True, _nrt=False)

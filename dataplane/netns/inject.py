@@ -179,6 +179,28 @@ def _fix_transport(family: int, src: bytes, dst: bytes, proto: int, seg: bytes) 
     return seg[:off] + value.to_bytes(2, "big") + seg[off + 2 :]
 
 
+def _fix_ttl_and_transport(
+    family: int,
+    head: bytearray,
+    ttl_at: int,
+    src: bytes,
+    dst: bytes,
+    proto: int,
+    seg: bytes,
+    fixed: list[str],
+) -> bytes:
+    """Raise a TTL / hop limit below MIN_TTL in ``head`` and correct the transport checksum,
+    noting each in ``fixed``; -> the segment to send."""
+    if head[ttl_at] < MIN_TTL:
+        head[ttl_at] = 64
+        fixed.append("ttl")
+    new_seg = _fix_transport(family, src, dst, proto, seg)
+    if new_seg is None:
+        return seg
+    fixed.append("checksum")
+    return new_seg
+
+
 def prepare(ip: bytes) -> IpPacket | str:
     """Check and ready one captured IP packet for injection; a string says why it cannot be.
 
@@ -204,13 +226,7 @@ def prepare(ip: bytes) -> IpPacket | str:
         src, dst, proto = ip[12:16], ip[16:20], ip[9]
         head, seg = bytearray(ip[:ihl]), ip[ihl:total]
         head[2:4] = total.to_bytes(2, "big")
-        if head[8] < MIN_TTL:
-            head[8] = 64
-            fixed.append("ttl")
-        new_seg = _fix_transport(4, src, dst, proto, seg)
-        if new_seg is not None:
-            seg = new_seg
-            fixed.append("checksum")
+        seg = _fix_ttl_and_transport(4, head, 8, src, dst, proto, seg, fixed)
         if not _sum_ok(bytes(head)):
             head[10:12] = b"\0\0"
             head[10:12] = _checksum(bytes(head)).to_bytes(2, "big")
@@ -238,13 +254,7 @@ def prepare(ip: bytes) -> IpPacket | str:
         if q > total:
             return "malformed IPv6 extension header"
         head, seg = bytearray(ip[:q]), ip[q:total]
-        if head[7] < MIN_TTL:
-            head[7] = 64
-            fixed.append("ttl")
-        new_seg = _fix_transport(6, src, dst, proto, seg)
-        if new_seg is not None:
-            seg = new_seg
-            fixed.append("checksum")
+        seg = _fix_ttl_and_transport(6, head, 7, src, dst, proto, seg, fixed)
         data = bytes(head) + seg
         ident = -1
     else:
