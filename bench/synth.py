@@ -45,6 +45,7 @@ from compiler.model import (
     PolicyRule,
     default_policy_types,
 )
+from dataplane.aligned_file import AlignedFile
 
 POD_BASE = int(ipaddress.IPv4Address("10.0.0.0"))
 NODE_BASE = int(ipaddress.IPv4Address("172.16.0.0"))
@@ -622,7 +623,7 @@ def write_flow_capture(
         "ts_ns": ts_ns,
         "ip_id": (np.arange(total) & 0xFFFF).astype(np.uint16),
     }
-    with open(path, "wb") as f:
+    with AlignedFile(path) as f:
         f.write(_pcap_header(snaplen))
         size = 24 + _write_records(f, fields, order, snaplen)
     return CaptureInfo(os.fspath(path), total, n, size, float((ts_ns.max() - ts_ns.min()) / 1e9))
@@ -650,7 +651,7 @@ def write_syn_scan(
         "ts_ns": ts_ns,
         "ip_id": (np.arange(n) & 0xFFFF).astype(np.uint16),
     }
-    with open(path, "wb") as f:
+    with AlignedFile(path) as f:
         f.write(_pcap_header(0))
         size = 24 + _write_records(f, fields, np.arange(n), 0)
     return CaptureInfo(os.fspath(path), n, n, size, n / rate)
