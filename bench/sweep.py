@@ -215,7 +215,8 @@ def point_capture(path: str, packets: int, flows: int, rules: int, mtu: bool, sc
         "rules": rs.rule_count(),
         "expected": expected,
         # how much of the new capture the page cache holds in 2 MiB folios (0 where the file
-        # system or kernel keeps 4 KiB pages): mapping small pages costs a replay ~60 ns/packet
+        # system or kernel keeps 4 KiB pages): mapping small pages costs a replay ~60 ns/packet.
+        # A system-wide counter, so approximate: other files' folios come and go meanwhile
         "page_cache_2mib_mb": _file_huge_pages_mb() - huge_before,
     }
 

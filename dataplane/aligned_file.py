@@ -5,8 +5,8 @@ written 8 KiB at a time sits in small folios, and mapping it for a replay costs 
 a reverse-map update per 4 KiB page — about 60 ns per 600-byte packet on the benchmark machine,
 a quarter of a whole replay. Written (or read back by the kernel's readahead) in aligned 2 MiB
 pieces, the same file sits in 2 MiB folios that map in one step, and reading it costs about a
-tenth of that (docs/benchmarks.md, "Where the time goes"). Nothing else changes: the bytes, and
-when a caller sees them, are those of an ordinary buffered file, flushed on ``close``.
+tenth of that (docs/benchmarks.md, "Where the time goes"). The bytes are those of an ordinary
+file; the last ones (under 2 MiB) reach it at ``close``.
 """
 
 from __future__ import annotations
