@@ -221,16 +221,21 @@ def point_capture(path: str, packets: int, flows: int, rules: int, mtu: bool, sc
     }
 
 
-def _file_huge_pages_mb() -> float:
-    """The page cache held in 2 MiB folios, system-wide (/proc/meminfo FileHugePages)."""
+def _meminfo_kib(field: str) -> int | None:
+    """A /proc/meminfo figure in KiB (None where there is no such file or field)."""
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("FileHugePages:"):
-                    return int(line.split()[1]) / 1024
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def _file_huge_pages_mb() -> float:
+    """The page cache held in 2 MiB folios, system-wide (FileHugePages)."""
+    kib = _meminfo_kib("FileHugePages")
+    return float("nan") if kib is None else kib / 1024
 
 
 def _load_kernels(path: str, rs: Any) -> None:
@@ -796,13 +801,8 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    mem = ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-    except OSError:
-        pass
+    total = _meminfo_kib("MemTotal")
+    mem = "" if total is None else f"{total / 2**20:.1f} GiB"
     import numba
     import numpy
 

@@ -318,15 +318,9 @@ def _decide(prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stac
             op_end = np.int64(chain_off[chain + 1])
             cand = -1
             cand_end = -1
-        elif target == T_RETURN:
-            if depth == 0:
-                break
-            depth -= 1
-            chain = stack[depth, 0]
-            op = stack[depth, 1]
-            cand = stack[depth, 2]
-            cand_end = stack[depth, 3]
-            op_end = np.int64(chain_off[chain + 1])
+        elif target == T_RETURN:  # leave the chain as if it had ended: the pop above
+            op = op_end
+            cand = -1
 
     counters[3] += inspected
     if cap > 0:
