@@ -347,14 +347,10 @@ def run_point(kind: str, budget_s: float, **params: Any) -> dict:
     return {"status": "ok", "wall_s": wall, **params, **result}
 
 
+# "{example}" stands for the bundled three-tier example's folder, wherever npemu is installed
 STARTUP_COMMANDS = {
     "npemu demo": ["demo"],
-    "npemu replay (three-tier)": [
-        "replay",
-        "-f",
-        "examples/three-tier",
-        "examples/three-tier/traffic.pcap",
-    ],
+    "npemu replay (three-tier)": ["replay", "-f", "{example}", "{example}/traffic.pcap"],
 }
 
 
@@ -363,11 +359,14 @@ def startup(runs: int) -> list[dict]:
     numba's cache load, compile and the work itself. Python may write bytecode caches, as it
     has after a ``pip install`` (an unset PYTHONDONTWRITEBYTECODE): one untimed run first
     writes them."""
+    from dataplane.cli import example_dir
+
     root = Path(__file__).resolve().parent.parent
+    example = example_dir("three-tier")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     rows = []
     for label, args in STARTUP_COMMANDS.items():
-        cmd = [sys.executable, "-m", "dataplane.cli", *args]
+        cmd = [sys.executable, "-m", "dataplane.cli", *(a.format(example=example) for a in args)]
         times = []
         for i in range(runs + 1):
             t0 = time.perf_counter()
