@@ -368,14 +368,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.profile:
         sys.stdout.write(bench_sweep.profile_replay(out))
         return 0
-    results = bench_sweep.sweep(args.quick, out, Path(args.img) if args.img else out)
+    img = Path(args.img) if args.img else out
+    results = bench_sweep.sweep(args.quick, out, img)
     if args.output == "json":
         json.dump(results, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(bench_sweep.tables(results) + "\n")
-        sys.stdout.write(f"\nresults: {out / 'sweep.json'}, {out / 'sweep.csv'}; plots in "
-                         f"{Path(args.img) if args.img else out}\n")  # fmt: skip
+        sys.stdout.write(f"\nresults: {out / 'sweep.json'}, {out / 'sweep.csv'}; plots in {img}\n")
     failed = _failed_points(results)
     for line in failed:
         print(f"npemu bench: point failed: {line}", file=sys.stderr)
@@ -748,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="instead of the sweep: replay a 1M-packet capture once, print the time per "
+        help="instead of the sweep: replay a synthetic 1M-packet capture, print the time per "
         "stage (read, parse, conntrack + policy, reasons, count) and a cProfile summary",
     )
     p.add_argument(
