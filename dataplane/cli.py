@@ -347,6 +347,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from bench import sweep as bench_sweep
 
+    saved = None  # where this run's results went (None: printing an earlier run's)
     if args.tables is not None:
         try:
             results = json.loads(Path(args.tables).read_text())
@@ -354,29 +355,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise InputError(f"cannot read sweep results {args.tables}: {e}") from e
         if not isinstance(results, dict) or "replay" not in results:
             raise InputError(f"{args.tables} is not a sweep.json written by npemu bench")
-        if args.output == "json":
-            json.dump(results, sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        else:
-            sys.stdout.write(bench_sweep.tables(results) + "\n")
-        return 0
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the results folder {out}: {e}") from e
-    if args.profile:
-        sys.stdout.write(bench_sweep.profile_replay(out))
-        return 0
-    img = Path(args.img) if args.img else out
-    results = bench_sweep.sweep(args.quick, out, img)
+    else:
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the results folder {out}: {e}") from e
+        if args.profile:
+            sys.stdout.write(bench_sweep.profile_replay(out))
+            return 0
+        img = Path(args.img) if args.img else out
+        results = bench_sweep.sweep(args.quick, out, img)
+        saved = f"results: {out / 'sweep.json'}, {out / 'sweep.csv'}; plots in {img}"
     if args.output == "json":
         json.dump(results, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(bench_sweep.tables(results) + "\n")
-        sys.stdout.write(f"\nresults: {out / 'sweep.json'}, {out / 'sweep.csv'}; plots in {img}\n")
-    failed = _failed_points(results)
+        if saved:
+            sys.stdout.write(f"\n{saved}\n")
+    failed = _failed_points(results) if saved else []  # an earlier run's failures were reported
     for line in failed:
         print(f"npemu bench: point failed: {line}", file=sys.stderr)
     return 1 if failed else 0
