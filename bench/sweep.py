@@ -82,9 +82,21 @@ def point_classify(rules: int, packets: int, walker_budget_s: float, walker_max:
         engine.evaluate(batch, "NEW")
 
     cold_s = best_of(cold)
-    verdict = engine.evaluate(batch, "NEW")  # the cache is warm: every packet a hit
-    warm_s = best_of(lambda: engine.evaluate(batch, "NEW"))
-    walker_only = Engine(rs, cache_size=0)
+    before = engine.stats["indexed"]
+    verdict = engine.evaluate(batch, "NEW")
+    indexed = engine.stats["indexed"] - before
+    # the same engine without its policy index: a verdict cache in front of the walk
+    cached = Engine(rs, policy_index=False)
+    cached.evaluate(batch.take(slice(0, 64)), "NEW")
+
+    def cache_cold() -> None:
+        cached.clear_cache()
+        cached.evaluate(batch, "NEW")
+
+    cache_cold_s = best_of(cache_cold)
+    cached.evaluate(batch, "NEW")  # the cache is warm: every packet a hit
+    warm_s = best_of(lambda: cached.evaluate(batch, "NEW"))
+    walker_only = Engine(rs, cache_size=0, policy_index=False)
     walker_only.evaluate(batch.take(slice(0, 64)), "NEW")
     start = walker_only.stats
     walk_s = best_of(lambda: walker_only.evaluate(batch, "NEW"), rounds=1)
@@ -92,10 +104,10 @@ def point_classify(rules: int, packets: int, walker_budget_s: float, walker_max:
     engine_rules_per_walk = (walked["rules_inspected"] - start["rules_inspected"]) / max(
         walked["walks"] - start["walks"], 1
     )
-    engine.clear_cache()
-    first = engine.stats
-    engine.evaluate(batch, "NEW")
-    cold_walks = engine.stats["walks"] - first["walks"]
+    cached.clear_cache()
+    first = cached.stats
+    cached.evaluate(batch, "NEW")
+    cold_walks = cached.stats["walks"] - first["walks"]
     walker, loop = Walker(rs), RuleLoop(rs)
     pkts = [
         Packet(4, int(batch.src_lo[i]), int(batch.dst_lo[i]), 6, int(batch.dport[i]))
@@ -131,6 +143,9 @@ def point_classify(rules: int, packets: int, walker_budget_s: float, walker_max:
         "build_s": build_s,
         "engine_build_s": engine_build_s,
         "engine_ns_per_packet": cold_s / len(batch) * 1e9,
+        "engine_indexed_fraction": indexed / len(batch),
+        "engine_index": engine.index.reason or "on",
+        "engine_cache_cold_ns_per_packet": cache_cold_s / len(batch) * 1e9,
         "engine_warm_ns_per_packet": warm_s / len(batch) * 1e9,
         "engine_walk_ns_per_packet": walk_s / len(batch) * 1e9,
         "engine_cold_walk_fraction": cold_walks / len(batch),
@@ -572,14 +587,15 @@ def plot(results: dict, img: Path) -> None:
     if ok:
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
         x = [r["rules"] for r in ok]
-        ax[0].loglog(x, [r["engine_ns_per_packet"] for r in ok], "o-", label="engine, cold cache")
-        warm = [r for r in ok if "engine_warm_ns_per_packet" in r]
         ax[0].loglog(
-            [r["rules"] for r in warm],
-            [r["engine_warm_ns_per_packet"] for r in warm],
-            "o--",
-            label="engine, warm cache",
+            x, [r["engine_ns_per_packet"] for r in ok], "o-", label="engine (policy index)"
         )
+        for key, style, label in (
+            ("engine_cache_cold_ns_per_packet", "o:", "engine without index, cold cache"),
+            ("engine_warm_ns_per_packet", "o--", "engine without index, warm cache"),
+        ):
+            got = [r for r in ok if key in r]
+            ax[0].loglog([r["rules"] for r in got], [r[key] for r in got], style, label=label)
         ax[0].loglog(x, [r["walker_ns_per_packet"] for r in ok], "s-", label="walker")
         ax[0].loglog(x, [r["loop_ns_per_packet"] for r in ok], "^-", label="hand-written loop")
         ax[0].set(xlabel="rules", ylabel="ns per NEW packet", title="NEW-packet classification")
@@ -699,6 +715,8 @@ def tables(results: dict) -> str:
                 r["rules"],
                 r["cluster"],
                 r["engine_ns_per_packet"] / 1e3,
+                r.get("engine_indexed_fraction", float("nan")),
+                r.get("engine_cache_cold_ns_per_packet", float("nan")) / 1e3,
                 r.get("engine_warm_ns_per_packet", float("nan")) / 1e3,
                 r.get("engine_cold_walk_fraction", float("nan")),
                 r.get("engine_rules_inspected", float("nan")),
@@ -712,9 +730,11 @@ def tables(results: dict) -> str:
         [
             "rules",
             "cluster",
-            "engine µs/pkt (cold)",
-            "engine µs/pkt (warm)",
-            "packets walked (cold)",
+            "engine µs/pkt (policy index)",
+            "decided by the index",
+            "without index µs/pkt (cold cache)",
+            "without index µs/pkt (warm cache)",
+            "packets walked (cold cache)",
             "engine rules inspected per walk",
             "walker µs/pkt",
             "walker rules inspected",

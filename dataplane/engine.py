@@ -18,6 +18,7 @@ from compiler.tables import Rule, Ruleset
 from .classes import Classes, build_classes
 from .engine_kernel import MAX_DEPTH, classify
 from .packets import PacketBatch
+from .policy_index import PolicyIndex, build_policy_index, disabled_arrays
 from .program import CT_CODES, Program, compile_program, ipset_intervals
 
 __all__ = ["CT_CODES", "Engine", "ipset_intervals"]
@@ -26,9 +27,12 @@ DEFAULT_CACHE = 1 << 16
 
 
 class Engine:
-    """``Engine(ruleset).evaluate(batch, ctstate)``; ``cache_size=0`` walks every packet."""
+    """``Engine(ruleset).evaluate(batch, ctstate)``. ``policy_index=False`` leaves every
+    verdict to the cache and the walk; with it off, ``cache_size=0`` walks every packet."""
 
-    def __init__(self, ruleset: Ruleset, cache_size: int = DEFAULT_CACHE) -> None:
+    def __init__(
+        self, ruleset: Ruleset, cache_size: int = DEFAULT_CACHE, policy_index: bool = True
+    ) -> None:
         if cache_size and cache_size & (cache_size - 1):
             raise ValueError("cache_size must be a power of two (or 0)")
         self.ruleset = ruleset
@@ -37,13 +41,21 @@ class Engine:
         with cyclic_gc_paused():
             self.program: Program = compile_program(ruleset)
             self.classes: Classes = build_classes(self.program)
+            self.index: PolicyIndex = (
+                build_policy_index(self.program, self.classes)
+                if policy_index
+                else PolicyIndex(
+                    "turned off",
+                    disabled_arrays(),
+                )
+            )
         # (chain, index, rule) for every rule; evaluate_explained() reports positions in this list
         self.rules: list[tuple[str, int, Rule]] = self.program.rules
         self._prog = self.program.arrays()
         self._classes = self.classes.arrays()
         self._cache_keys = np.zeros((cache_size, 2), dtype=np.uint64)
         self._cache_vals = np.zeros(cache_size, dtype=np.int64)
-        self._counters = np.zeros(4, dtype=np.int64)
+        self._counters = np.zeros(5, dtype=np.int64)
         self._stack = np.zeros((MAX_DEPTH, 4), dtype=np.int64)
 
     @property
@@ -53,8 +65,10 @@ class Engine:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Cache hits, walks (misses) and the rules those walks inspected, so far."""
+        """Packets the policy index decided, cache hits, walks (misses) and the rules those
+        walks inspected, so far."""
         return {
+            "indexed": int(self._counters[4]),
             "hits": int(self._counters[0]),
             "walks": int(self._counters[1]),
             "rules_inspected": int(self._counters[3]),
@@ -80,6 +94,7 @@ class Engine:
             self.program.entry,
             len(self.program.s_family),
             self._classes,
+            self.index.arrays,
             self._cache_keys,
             self._cache_vals,
             self._counters,

@@ -46,6 +46,9 @@ _S24 = np.uint64(24)
 _S32 = np.uint64(32)
 _S33 = np.uint64(33)
 _S40 = np.uint64(40)
+_S60 = np.uint64(60)
+_S8 = np.uint64(8)
+_S48 = np.uint64(48)
 _ONE = np.uint64(1)
 _M32 = np.uint64(0xFFFFFFFF)
 
@@ -85,11 +88,13 @@ def _le(ahi, alo, bhi, blo):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _decide(prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stack, fam, shi, slo,
-            dhi, dlo, pr, dp, c):  # fmt: skip
+def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, fam,
+            shi, slo, dhi, dlo, pr, dp, c):  # fmt: skip
     """(accepted, deciding rule or -1) for one packet. ``cache_vals[i] == 0`` marks an empty
     slot; a value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules
-    inspected by walks]; ``stack`` is scratch for the walk's jumps.
+    inspected by walks, decided by the policy index]; ``stack`` is scratch for the walk's jumps.
+    ``index`` is ``dataplane.policy_index``'s arrays: when it is on, it decides first, and the
+    cache and the walk see only the packets it leaves to them.
 
     Inlined into both callers, so the batch loop pays no call and the conntrack kernel's rare
     NEW packets pay one call (``policy_verdict``) instead of a pass over every packet."""
@@ -173,6 +178,111 @@ def _decide(prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stac
                 sid = id_of[base]
             else:
                 did = id_of[base]
+
+    # -- the policy index (dataplane.policy_index) --------------------------------------
+    if index[0][0] == 1:
+        _on, ct_rule, ct_ok, ex_off, ex_rule, rfam, dtab, dshift, rec, ptab, pshift = index
+        k = ct_rule[c]
+        if k >= 0:
+            counters[4] += 1
+            return ct_ok[c] == 1, k
+        for t in range(ex_off[sid, 0], ex_off[sid, 1]):  # exemptions, in rule order
+            k = np.int64(ex_rule[t])
+            if rfam[k] == 0 or rfam[k] == fam:
+                for u in range(ex_off[did, 2], ex_off[did, 3]):
+                    if ex_rule[u] == k:
+                        counters[4] += 1
+                        return True, k
+        # the per-pod chain records of the two addresses' dispatch rules, in rule order
+        r0 = np.int64(0)
+        r1 = np.int64(0)
+        if fam == 4 or fam == 6:
+            dmask = np.uint64(dtab.shape[0] - 1)
+            for side in range(2):
+                wa = (np.uint64(fam) << _S60) | (shi if side == 0 else dhi)
+                wb = slo if side == 0 else dlo
+                s = (((wa * _C1) ^ wb) * _C1) >> dshift[0]
+                while dtab[s, 0] != 0:
+                    if dtab[s, 0] == wa and dtab[s, 1] == wb:
+                        if side == 0:
+                            r0 = np.int64(dtab[s, 2] & _M32)
+                        else:
+                            r1 = np.int64(dtab[s, 2] >> _S32)
+                        break
+                    s = (s + _ONE) & dmask
+        if r0 == 0 or (r1 != 0 and rec[r1 - 1] < rec[r0 - 1]):
+            r0, r1 = r1, r0
+        pmask = np.uint64(ptab.shape[0] - 1)
+        undecided = False
+        for step in range(2):
+            at = (r0 if step == 0 else r1) - 1
+            if at < 0:
+                continue
+            drop = np.int64(rec[at + 1])
+            if drop == -2:
+                undecided = True
+                break
+            if rec[at + 2] == 1:
+                ohi, olo, oid, wid = dhi, dlo, did, sid
+            else:
+                ohi, olo, oid, wid = shi, slo, sid, did
+            allowed = False
+            n = np.int64(rec[at + 3])
+            at += 4
+            for _ in range(n):
+                if rec[at] == fam and rec[at + 1] == ohi and rec[at + 2] == olo:
+                    allowed = True
+                at += 3
+            n = np.int64(rec[at])
+            at += 1
+            for t in range(n):
+                if allowed:
+                    break
+                q = np.int64(rec[at + t])
+                if rec[q] == 0:
+                    undecided = True
+                    break
+                m = rec[q + 1]
+                w = (np.uint64(q + 1) << _S32) | np.uint64(oid)
+                s = (w * _C1) >> pshift[0]
+                while ptab[s, 0] != 0:
+                    if ptab[s, 0] == w:
+                        m |= ptab[s, 1]
+                        break
+                    s = (s + _ONE) & pmask
+                q += 3
+                for b in range(np.int64(rec[q - 1])):
+                    atom = rec[q + 2 * b]
+                    if (m >> np.uint64(b)) & _ONE == 0:
+                        continue
+                    f = atom & 0xFF
+                    if f != 0 and f != fam:
+                        continue
+                    want = np.int64((atom >> _S8) & 0xFFFF) - 1
+                    if want >= 0 and want != pr:
+                        continue
+                    plo = np.int64((atom >> _S24) & 0x1FFFF) - 1
+                    if plo >= 0 and not (
+                        (pr == 6 or pr == 17 or pr == 132) and plo <= dp <= np.int64(atom >> _S48)
+                    ):
+                        continue
+                    own = np.int64(rec[q + 2 * b + 1])
+                    if own >= 0:
+                        first = mem_off[wid]
+                        last = mem_off[wid + 1]
+                        lo = _lower_bound(mem_key, first, last, own)
+                        if not (lo < last and mem_key[lo] == own):
+                            continue
+                    allowed = True
+                    break
+            if undecided:
+                break
+            if not allowed:
+                counters[4] += 1
+                return False, drop
+        if not undecided:
+            counters[4] += 1
+            return True, np.int64(-1)
     slot = np.uint64(0)
     home = np.uint64(0)
     w0 = (np.uint64(sid) << _S32) | np.uint64(did)
@@ -341,6 +451,7 @@ def classify(
     entry,
     n_sets,
     classes,
+    index,
     cache_keys,
     cache_vals,
     counters,
@@ -361,7 +472,7 @@ def classify(
     slower); so ``stack`` (MAX_DEPTH x 4 int64 scratch) comes from the caller."""
     for p in range(family.shape[0]):
         ok, rule = _decide(
-            prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stack, family[p],
+            prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, family[p],
             src_hi[p], src_lo[p], dst_hi[p], dst_lo[p], proto[p], dport[p], ct[p],
         )  # fmt: skip
         out_ok[p] = ok
@@ -374,11 +485,11 @@ def policy_verdict(policy, i, ct):
     in ctstate ``ct``; the deciding rule goes to the policy's ``decider[i]``. Without NRT, as
     the conntrack kernel that calls it."""
     (
-        prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stack, family, src_hi,
-        src_lo, dst_hi, dst_lo, proto, dport, decider,
+        prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, family,
+        src_hi, src_lo, dst_hi, dst_lo, proto, dport, decider,
     ) = policy  # fmt: skip
     ok, rule = _decide(
-        prog, entry, n_sets, classes, cache_keys, cache_vals, counters, stack, family[i],
+        prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, family[i],
         src_hi[i], src_lo[i], dst_hi[i], dst_lo[i], proto[i], dport[i], ct,
     )  # fmt: skip
     decider[i] = rule

@@ -43,7 +43,9 @@ def _batch(rows: list[tuple[str, str, int, int, str]]) -> PacketBatch:
 @given(cluster=clusters(), data=st.data())
 def test_engine_agrees_with_walker(cluster: Cluster, data: st.DataObject) -> None:
     rs = lower(cluster)
-    walker, engine = Walker(rs), Engine(rs)
+    walker, engine = Walker(rs), Engine(rs, policy_index=False)
+    indexed = Engine(rs)
+    assert indexed.index.enabled, indexed.index.reason
     addresses = interesting_addresses(cluster)
     v4 = [a for a in addresses if ipaddress.ip_address(a).version == 4]
     v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
@@ -66,9 +68,16 @@ def test_engine_agrees_with_walker(cluster: Cluster, data: st.DataObject) -> Non
     # the second pass is answered from the class cache; a cache-less engine walks every packet
     again, decider_again = engine.evaluate_explained(batch, ct)
     assert engine.stats["hits"] >= len(rows)
-    uncached, decider_uncached = Engine(rs, cache_size=0).evaluate_explained(batch, ct)
+    uncached, decider_uncached = Engine(rs, cache_size=0, policy_index=False).evaluate_explained(
+        batch, ct
+    )
     assert (again == fast).all() and (uncached == fast).all()
     assert (decider_again == decider).all() and (decider_uncached == decider).all()
+    # the policy index gives the walk's answers, deciding rule included, and decides most
+    # packets itself (the others fall back to the cache and the walk)
+    by_index, decider_by_index = indexed.evaluate_explained(batch, ct)
+    assert (by_index == fast).all() and (decider_by_index == decider).all()
+    assert indexed.stats["indexed"] + indexed.stats["hits"] + indexed.stats["walks"] == len(rows)
     traces = [walker.walk(Packet.make(s, d, p, port, state)) for s, d, p, port, state in rows]
     slow = np.array([t.verdict == "ACCEPT" for t in traces])
     mismatch = np.flatnonzero(fast != slow)
@@ -179,7 +188,7 @@ def test_engine_indexes_dispatch_runs_and_survives_cache_turnover(
     if wide:
         monkeypatch.setattr(classes, "WIDE_PIECES", -(10**9))
     rs = lower(_scan_cluster())
-    engine = Engine(rs, cache_size=8)
+    engine = Engine(rs, cache_size=8, policy_index=False)
     assert bool(engine.classes.listed[:-1].any()) != wide
     assert (engine.program.op_kind == OP_RUN).sum() >= 2  # the egress and ingress dispatch
     rng = np.random.default_rng(7)
@@ -199,11 +208,16 @@ def test_engine_indexes_dispatch_runs_and_survives_cache_turnover(
         (t.final.chain, t.final.index) if t.final else None for t in traces
     ]
     assert 0 < fast.sum() < len(rows)
+    indexed = Engine(rs, cache_size=8)
+    by_index, decider_by_index = indexed.evaluate_explained(_batch(rows))
+    assert (by_index == fast).all() and (decider_by_index == decider).all()
+    if not wide:  # searched-by-address sets are outside what the index summarises
+        assert indexed.stats["indexed"] == len(rows)
 
 
 def test_identities_merge_addresses_no_rule_tells_apart() -> None:
     """Addresses outside every set share one identity; port classes cut at the port bounds."""
-    engine = Engine(lower(_scan_cluster()))
+    engine = Engine(lower(_scan_cluster()), policy_index=False)
     c = engine.classes
     assert c.port_class[8000] != c.port_class[7999]
     # policy j allows 8000+j..8005+j: bounds at 8000..8017 leave 0-7999, 17 single ports, 8017+
@@ -226,9 +240,12 @@ def test_kernel_gives_the_same_answers_unjitted() -> None:
         "rng = np.random.default_rng(3);"
         "addrs = [f'10.0.0.{i}' for i in range(1, 60)] + ['192.168.7.1', '192.168.1.1'];"
         "rows = [(addrs[rng.integers(len(addrs))], addrs[rng.integers(len(addrs))], 6,"
-        " int(rng.integers(7999, 8012)), 'NEW') for _ in range(400)];"
-        "ok, rule = Engine(lower(t._scan_cluster()), cache_size=64).evaluate_explained(t._batch(rows));"
-        "print(''.join('1' if v else '0' for v in ok), rule.tolist())"
+        " int(rng.integers(7999, 8012)), 'NEW') for _ in range(400)]\n"
+        "rs = lower(t._scan_cluster())\n"
+        "for on in (True, False):\n"
+        " e = Engine(rs, cache_size=64, policy_index=on)\n"
+        " ok, rule = e.evaluate_explained(t._batch(rows))\n"
+        " print(''.join('1' if v else '0' for v in ok), rule.tolist(), e.stats['indexed'] > 0)"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     outs = [
@@ -243,7 +260,10 @@ def test_kernel_gives_the_same_answers_unjitted() -> None:
         for flag in ("0", "1")
     ]
     assert outs[0] == outs[1]
-    assert "1" in outs[0].split()[0] and "0" in outs[0].split()[0]
+    indexed, walked = outs[0].splitlines()
+    assert indexed.endswith("True") and walked.endswith("False")  # both paths were taken
+    assert indexed.rsplit(" ", 1)[0] == walked.rsplit(" ", 1)[0]
+    assert "1" in indexed.split()[0] and "0" in indexed.split()[0]
 
 
 def _radix_lookup(l1: np.ndarray, l2: np.ndarray, starts: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from dataplane import flows
 from dataplane.capture import open_capture, write_scapy
 from dataplane.cli import run_replay
 from dataplane.conntrack import Conntrack, Timeouts
+from dataplane.engine import Engine
 from dataplane.flowtable import FlowTable
 from dataplane.replay import Replayer, packet_rows, replay
 
@@ -256,8 +257,7 @@ def test_classifying_only_fresh_packets_matches_classifying_every_packet(tmp_pat
             assert (
                 getattr(tagged, name)[: tagged.used] == getattr(hashed, name)[: hashed.used]
             ).all()
-        stats = fused.engine.stats
-        assert (
-            stats["hits"] + stats["walks"]
-            < plain.engine.stats["hits"] + plain.engine.stats["walks"]
-        )
+        def asked(engine: Engine) -> int:
+            return sum(engine.stats[k] for k in ("indexed", "hits", "walks"))
+
+        assert asked(fused.engine) < asked(plain.engine)

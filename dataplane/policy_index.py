@@ -1,0 +1,410 @@
+"""The policy index: a NEW packet's verdict from a few independent table lookups.
+
+A walk of the Program follows one rule after another, and at 100k rules each step is a cache miss
+that depends on the one before. For tables of the shape ``compiler.lower`` produces (see
+``compiler/tables.py``) the walk's outcome can be read off precomputed tables instead:
+
+- the entry chain's leading conntrack rules decide by ct state alone;
+- a node exemption (``-m set A src -m set B dst -j ACCEPT``) matches when the source identity is
+  in A and the destination identity in B: each identity lists the exemptions it can start or end;
+- a dispatch rule (``-s POD_IP -j NPEMU-E-...``) is found by hashing the packet's address;
+- a per-pod chain RETURNs for its own address, else when one of its policy chains sets the
+  allow mark, else it DROPs; a policy chain sets the mark when one of its rules matches, and its
+  rules differ only in the peer identities they accept and in a few (family, protocol, port range,
+  own-side set) *atoms*. So each policy chain gets a hash table from the peer identity to a
+  bitmask of the atoms that identity may use, plus the mask every identity may use.
+
+Every lookup is independent of the rule count. The index is built only when the Program has that
+shape, rule for rule; a packet that reaches anything else (a policy chain the index could not
+summarise, an address named by two dispatch rules) falls back to the walk. Either way the answer,
+verdict and deciding rule, is the walk's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from .classes import Classes
+from .program import (
+    M_CT,
+    M_MARK,
+    M_PORT,
+    M_PROTO,
+    M_SET,
+    T_ACCEPT,
+    T_DROP,
+    T_JUMP,
+    T_MARK,
+    T_RETURN,
+    Program,
+)
+
+MAX_ATOMS = 64  # one uint64 mask per (policy chain, peer identity)
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass
+class PolicyIndex:
+    """``reason`` says why the index is off (empty when it is on)."""
+
+    reason: str
+    arrays: tuple[np.ndarray, ...]
+    chains_indexed: int = 0
+    policy_chains_indexed: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return not self.reason
+
+
+@njit(cache=True, nogil=True)
+def _fill(words: np.ndarray, rows: np.ndarray, table: np.ndarray, shift: np.uint64) -> None:
+    """Insert rows (column 0 never 0; keys distinct) at their hash words by linear probing."""
+    mask = np.uint64(table.shape[0] - 1)
+    for i in range(words.shape[0]):
+        s = (words[i] * _HASH_MUL) >> shift
+        while table[s, 0] != 0:
+            s = (s + np.uint64(1)) & mask
+        table[s, :] = rows[i, :]
+
+
+def hash_table(words: np.ndarray, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """An open-addressing table of ``rows`` (uint64; column 0 never 0), each at the slot its
+    hash word picks, at most half full, rows padded to ``width`` words; and the hash's shift as
+    a one-element array."""
+    size = 2
+    while size < 2 * len(rows):
+        size *= 2
+    shift = np.uint64(64 - size.bit_length() + 1)
+    table = np.zeros((size, width), dtype=np.uint64)
+    if len(rows):
+        padded = np.zeros((len(rows), width), dtype=np.uint64)
+        padded[:, : rows.shape[1]] = rows
+        _fill(np.ascontiguousarray(words, dtype=np.uint64), padded, table, shift)
+    return table, np.array([shift], dtype=np.uint64)
+
+
+class _Shape(Exception):
+    """The Program is not of the indexed shape (the message says where)."""
+
+
+class _Reader:
+    """Rule-level views of a Program."""
+
+    def __init__(self, program: Program, classes: Classes) -> None:
+        self.p = program
+        n_chains = len(program.chain_names)
+        counts = np.zeros(n_chains, dtype=np.int64)
+        index = {name: i for i, name in enumerate(program.chain_names)}
+        for name, _, _ in program.rules:
+            counts[index[name]] += 1
+        self.first = np.zeros(n_chains + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.first[1:])
+        # every set's member identities (listed sets only)
+        owners = np.repeat(
+            np.arange(len(classes.mem_off) - 1, dtype=np.int64), np.diff(classes.mem_off)
+        )
+        order = np.argsort(classes.mem_key, kind="stable")
+        self._members_owner = owners[order]
+        self._members_at = np.searchsorted(
+            classes.mem_key[order], np.arange(len(classes.listed) + 1, dtype=np.int32)
+        )
+        self.listed = classes.listed
+        self.host: dict[int, tuple[int, int, int]] = {}
+        for s, name in enumerate(program.set_names):
+            if name.startswith("cidr:"):
+                a, b = program.s_off[s], program.s_off[s + 1]
+                if b - a == 1 and (
+                    program.s_start_hi[a] == program.s_end_hi[a]
+                    and program.s_start_lo[a] == program.s_end_lo[a]
+                ):
+                    self.host[s] = (
+                        int(program.s_family[s]),
+                        int(program.s_start_hi[a]),
+                        int(program.s_start_lo[a]),
+                    )
+
+    def rules_of(self, chain: int) -> range:
+        return range(int(self.first[chain]), int(self.first[chain + 1]))
+
+    def matches(self, k: int) -> list[tuple[int, int, int, int, int]]:
+        p = self.p
+        return [
+            (int(p.m_kind[j]), int(p.m_dir[j]), int(p.m_a[j]), int(p.m_b[j]), int(p.m_c[j]))
+            for j in range(int(p.r_moff[k]), int(p.r_moff[k + 1]))
+        ]
+
+    def members(self, key: int) -> np.ndarray:
+        return self._members_owner[self._members_at[key] : self._members_at[key + 1]]
+
+
+def build_policy_index(program: Program, classes: Classes) -> PolicyIndex:
+    """The index for ``program``, or a disabled one saying why the Program does not fit."""
+    try:
+        return _build(_Reader(program, classes), classes)
+    except _Shape as e:
+        return PolicyIndex(str(e), disabled_arrays())
+
+
+def disabled_arrays() -> tuple[np.ndarray, ...]:
+    """Arrays of the kernel's types for an index that is off."""
+    return (
+        np.zeros(1, dtype=np.int64),  # on
+        np.full(5, -1, dtype=np.int64),  # ct rule per ct state
+        np.zeros(5, dtype=np.uint8),  # its verdict
+        np.zeros((1, 4), dtype=np.int32),  # exemption lists per identity
+        np.zeros(1, dtype=np.int32),  # exemption rules
+        np.zeros(1, dtype=np.uint8),  # their families
+        np.zeros((2, 4), dtype=np.uint64), np.ones(1, dtype=np.uint64),  # dispatch table
+        np.zeros(1, dtype=np.uint64),  # records
+        np.zeros((2, 2), dtype=np.uint64), np.ones(1, dtype=np.uint64),  # peer table
+    )  # fmt: skip
+
+
+# A per-pod chain's record (one per dispatch rule) in ``records``:
+#   dispatch rule, DROP rule (-2: leave the packet to the walk), other side (0 src, 1 dst),
+#   self addresses n, n x (family, hi, lo), policy chains n, n x policy record offset.
+# A policy chain's record:
+#   indexed (0: leave the packet to the walk), atoms any peer may use, atoms n, n x (atom, own set)
+# with atom = family | (protocol + 1) << 8 | (port low + 1) << 24 | port high << 48.
+_LEAVE = -2
+
+
+def _build(r: _Reader, classes: Classes) -> PolicyIndex:
+    p = r.p
+    n_ident = len(classes.mem_off) - 1  # with the no-identity one
+    ct_rule = np.full(5, -1, dtype=np.int64)
+    ct_ok = np.zeros(5, dtype=np.uint8)
+    ex_src: list[list[int]] = [[] for _ in range(n_ident)]
+    ex_dst: list[list[int]] = [[] for _ in range(n_ident)]
+    dispatch: dict[tuple[int, int, int], list[int]] = {}  # (fam, hi, lo) -> [src rule, dst rule]
+    stage = 0  # conntrack rules, then exemptions, then dispatch
+    for k in r.rules_of(p.entry):
+        ms = r.matches(k)
+        target = int(p.r_target[k])
+        kinds = [m[0] for m in ms]
+        if kinds == [M_CT] and stage == 0 and target in (T_ACCEPT, T_DROP):
+            if p.r_family[k]:
+                raise _Shape(f"conntrack rule {k} is limited to one family")
+            for c in range(5):
+                if (ms[0][2] >> c) & 1 and ct_rule[c] < 0:
+                    ct_rule[c], ct_ok[c] = k, target == T_ACCEPT
+            continue
+        if kinds == [M_SET, M_SET] and stage <= 1 and target == T_ACCEPT:
+            stage = 1
+            (_, d0, s0, _, _), (_, d1, s1, _, _) = ms
+            if {d0, d1} != {0, 1} or not (r.listed[s0] and r.listed[s1]):
+                raise _Shape(f"exemption rule {k} does not name listed source and destination sets")
+            src_set, dst_set = (s0, s1) if d0 == 0 else (s1, s0)
+            for ident in r.members(src_set).tolist():
+                ex_src[ident].append(k)
+            for ident in r.members(dst_set).tolist():
+                ex_dst[ident].append(k)
+            continue
+        if kinds == [M_SET] and target == T_JUMP and ms[0][2] in r.host:
+            stage = 2
+            fam, hi, lo = r.host[ms[0][2]]
+            if p.r_family[k] not in (0, fam):
+                continue  # never matches
+            sides = dispatch.setdefault((fam, hi, lo), [-1, -1])
+            side = ms[0][1]
+            if sides[side] >= 0:
+                raise _Shape(f"address named by two dispatch rules ({sides[side]}, {k})")
+            sides[side] = k
+            continue
+        raise _Shape(f"entry chain rule {k} is not a conntrack, exemption or dispatch rule")
+
+    # per-pod chains: what each one is, and which side its policy chains look at
+    pods: dict[int, tuple[int, list[tuple[int, int, int]], list[int]] | None] = {}
+    policy_side: dict[int, int] = {}
+    for sides in dispatch.values():
+        for side, k in enumerate(sides):
+            ch = int(p.r_jump[k]) if k >= 0 else -1
+            if ch >= 0 and ch not in pods:
+                pods[ch] = _pod_chain(r, ch)
+            shape = pods.get(ch)
+            if shape is not None and shape[0] == 1 - side:
+                for pc in shape[2]:
+                    if policy_side.setdefault(pc, 1 - side) != 1 - side:
+                        policy_side[pc] = -1
+    marks = {
+        int(p.r_mark_mask[k]) for shape in pods.values() if shape is not None for k in shape[3]
+    }
+    if len(marks) > 1:
+        raise _Shape("per-pod chains use different marks")
+    mark = marks.pop() if marks else 0
+
+    # policy chain records first, then per-pod chain records
+    records: list[int] = []
+    peer_keys: list[np.ndarray] = []
+    peer_bits: list[np.ndarray] = []
+    policy_at: dict[int, int] = {}
+    for pc, side in policy_side.items():
+        policy_at[pc] = len(records)
+        summary = _policy_chain(r, pc, side, mark) if side >= 0 else None
+        if summary is None:
+            records.extend((0, 0, 0))
+            continue
+        any_mask, atoms, peers = summary
+        records.extend((1, any_mask, len(atoms)))
+        for fam, proto, lo, hi, own in atoms:
+            records.append(fam | (proto + 1) << 8 | (lo + 1) << 24 | max(hi, 0) << 48)
+            records.append(own & _MASK64)
+        for bit, idents in peers:
+            peer_keys.append(((policy_at[pc] + 1) << 32) | idents.astype(np.int64))
+            peer_bits.append(np.full(len(idents), 1 << bit, dtype=np.uint64))
+    dispatch_rows = []
+    for (fam, hi, lo), sides in dispatch.items():
+        at = []
+        for side, k in enumerate(sides):
+            if k < 0:
+                at.append(0)
+                continue
+            at.append(len(records) + 1)
+            shape = pods[int(p.r_jump[k])]
+            if shape is None or shape[0] != 1 - side:
+                records.extend((k, _LEAVE & _MASK64, 0, 0, 0))
+                continue
+            other, selves, jumps, _, drop = shape
+            records.extend((k, drop, other, len(selves)))
+            for t in selves:
+                records.extend(t)
+            records.append(len(jumps))
+            records.extend(policy_at[pc] for pc in jumps)
+        dispatch_rows.append((fam << 60 | hi, lo, at[0] | at[1] << 32))
+
+    rows = np.array(dispatch_rows, dtype=np.uint64).reshape(-1, 3)
+    dispatch_table = hash_table(_dispatch_word(rows[:, 0], rows[:, 1]), rows, 4)
+    if peer_keys:
+        keys = np.concatenate(peer_keys).astype(np.uint64)
+        bits = np.concatenate(peer_bits)
+        order = np.argsort(keys, kind="stable")
+        keys, bits = keys[order], bits[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        peer_rows = np.stack([keys[starts], np.bitwise_or.reduceat(bits, starts)], axis=1)
+    else:
+        peer_rows = np.zeros((0, 2), dtype=np.uint64)
+    peer_table = hash_table(peer_rows[:, 0], peer_rows, 2)
+
+    ex_off = np.zeros((n_ident, 4), dtype=np.int32)
+    src_off, src_rules = _flatten(ex_src)
+    dst_off, dst_rules = _flatten(ex_dst)
+    ex_off[:, 0], ex_off[:, 1] = src_off[:-1], src_off[1:]
+    ex_off[:, 2], ex_off[:, 3] = dst_off[:-1] + len(src_rules), dst_off[1:] + len(src_rules)
+    ex_rules = np.concatenate([src_rules, dst_rules]).astype(np.int32)
+    arrays = (
+        np.ones(1, dtype=np.int64),
+        ct_rule,
+        ct_ok,
+        ex_off,
+        ex_rules if len(ex_rules) else np.zeros(1, dtype=np.int32),
+        p.r_family.copy() if len(p.rules) else np.zeros(1, dtype=np.uint8),
+        *dispatch_table,
+        np.array(records, dtype=np.uint64) if records else np.zeros(1, dtype=np.uint64),
+        *peer_table,
+    )
+    n_pods = sum(shape is not None for shape in pods.values())
+    n_policies = sum(records[at] == 1 for at in policy_at.values())
+    return PolicyIndex("", arrays, n_pods, n_policies)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _dispatch_word(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The dispatch table's hash word for an address (the kernel computes the same)."""
+    with np.errstate(over="ignore"):
+        return (a.astype(np.uint64) * _HASH_MUL) ^ b.astype(np.uint64)
+
+
+def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    off = np.zeros(len(lists) + 1, dtype=np.int64)
+    off[1:] = np.cumsum([len(x) for x in lists])
+    return off, np.array([v for x in lists for v in x], dtype=np.int64)
+
+
+def _pod_chain(r: _Reader, ch: int) -> tuple | None:
+    """(other side, self addresses, policy chains, mark rules, DROP rule) of a per-pod chain
+    [self -> RETURN]* clear (jump, allow-check)* DROP; None for any other chain."""
+    p = r.p
+    rules = list(r.rules_of(ch))
+    selves: list[tuple[int, int, int]] = []
+    other = -1
+    i = 0
+    while i < len(rules):
+        k = rules[i]
+        ms = r.matches(k)
+        if not (p.r_target[k] == T_RETURN and len(ms) == 1 and ms[0][0] == M_SET):
+            break
+        if ms[0][2] not in r.host or other not in (-1, ms[0][1]):
+            return None
+        other = ms[0][1]
+        fam, hi, lo = r.host[ms[0][2]]
+        if p.r_family[k] in (0, fam):
+            selves.append((fam, hi, lo))
+        i += 1
+    if other < 0 or i >= len(rules):
+        return None
+    clear = rules[i]
+    if not (p.r_target[clear] == T_MARK and not r.matches(clear) and p.r_mark_value[clear] == 0):
+        return None
+    m = int(p.r_mark_mask[clear])
+    jumps: list[int] = []
+    i += 1
+    while i + 1 < len(rules) and p.r_target[rules[i]] == T_JUMP:
+        j, c = rules[i], rules[i + 1]
+        if r.matches(j) or p.r_family[j]:
+            return None
+        if not (
+            p.r_target[c] == T_RETURN
+            and r.matches(c) == [(M_MARK, 0, m, m, 0)]
+            and not p.r_family[c]
+        ):
+            return None
+        jumps.append(int(p.r_jump[j]))
+        i += 2
+    if i != len(rules) - 1:
+        return None
+    drop = rules[i]
+    if not (p.r_target[drop] == T_DROP and not r.matches(drop) and not p.r_family[drop]):
+        return None
+    return other, selves, jumps, [clear], drop
+
+
+def _policy_chain(
+    r: _Reader, pc: int, other: int, mark: int
+) -> tuple[int, list[tuple[int, int, int, int, int]], list[tuple[int, np.ndarray]]] | None:
+    """(atoms any peer may use, atoms, [(atom bit, peer identities)]) of a policy chain whose
+    every rule sets ``mark``; None leaves the chain to the walk."""
+    p = r.p
+    found: dict[tuple[int, int, int, int, int], int] = {}
+    peers: list[tuple[int, np.ndarray]] = []
+    any_mask = 0
+    for k in r.rules_of(pc):
+        if not (p.r_target[k] == T_MARK and p.r_mark_value[k] == mark and p.r_mark_mask[k] == mark):
+            return None
+        proto, lo, hi, own = -1, -1, -1, -1
+        idents: np.ndarray | None = None
+        for kind, d, a, b, c in r.matches(k):
+            if kind == M_PROTO and proto in (-1, a):
+                proto = a
+            elif kind == M_PORT and lo < 0:
+                lo, hi = b, c
+            elif kind == M_SET and r.listed[a] and d == other:
+                got = r.members(a)
+                idents = got if idents is None else np.intersect1d(idents, got)
+            elif kind == M_SET and r.listed[a] and own < 0:
+                own = a
+            else:
+                return None
+        bit = found.setdefault((int(p.r_family[k]), proto, lo, hi, own), len(found))
+        if bit >= MAX_ATOMS:
+            return None
+        if idents is None:
+            any_mask |= 1 << bit
+        elif len(idents):
+            peers.append((bit, idents))
+    return any_mask, list(found), peers
