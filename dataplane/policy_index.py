@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from .classes import Classes
 from .program import (
@@ -60,15 +59,23 @@ class PolicyIndex:
         return not self.reason
 
 
-@njit(cache=True, nogil=True)
 def _fill(words: np.ndarray, rows: np.ndarray, table: np.ndarray, shift: np.uint64) -> None:
-    """Insert rows (column 0 never 0; keys distinct) at their hash words by linear probing."""
+    """Insert rows (column 0 never 0; keys distinct) at their hash words by linear probing,
+    every row at once: each round, the first row aiming at each free slot takes it and the rest
+    move one slot on (numpy, so building needs no compiled kernel: start-up stays short)."""
     mask = np.uint64(table.shape[0] - 1)
-    for i in range(words.shape[0]):
-        s = (words[i] * _HASH_MUL) >> shift
-        while table[s, 0] != 0:
-            s = (s + np.uint64(1)) & mask
-        table[s, :] = rows[i, :]
+    with np.errstate(over="ignore"):
+        at = (words * _HASH_MUL) >> shift
+    todo = np.arange(len(rows))
+    while len(todo):
+        free = table[at[todo], 0] == 0
+        slots, first = np.unique(at[todo[free]], return_index=True)
+        placed = todo[free][first]
+        table[slots] = rows[placed]
+        left = np.ones(len(todo), dtype=bool)
+        left[np.flatnonzero(free)[first]] = False
+        todo = todo[left]
+        at[todo] = (at[todo] + np.uint64(1)) & mask
 
 
 def hash_table(words: np.ndarray, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
