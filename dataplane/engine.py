@@ -3,9 +3,11 @@
 Built once per Ruleset: the tables are flattened into a ``Program`` (runs of address-keyed rules
 indexed by address), address and port equivalence classes are computed, and a bounded cache maps
 (family, source identity, destination identity, protocol, port class, ct state) to the verdict
-and the deciding rule. A batch is one kernel call: a cache hit costs two binary searches and a
-hash probe; a miss walks only the rules that can match the packet. Neither depends on how many
-rules there are, only (logarithmically) on how many distinct addresses the tables name.
+and the deciding rule. In front of the cache, the policy index (``dataplane.policy_index``)
+decides a packet from a fixed set of table lookups when the tables have the shape
+``compiler.lower`` gives them. A batch is one kernel call: the index costs a few lookups, a
+cache hit an identity lookup and a hash probe, a miss a walk of only the rules that can match
+the packet. None of them depends on how many rules there are.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from compiler.tables import Rule, Ruleset
 from .classes import Classes, build_classes
 from .engine_kernel import MAX_DEPTH, classify
 from .packets import PacketBatch
-from .policy_index import PolicyIndex, build_policy_index, disabled_arrays
+from .policy_index import PolicyIndex, build_policy_index
 from .program import CT_CODES, Program, compile_program, ipset_intervals
 
 __all__ = ["CT_CODES", "Engine", "ipset_intervals"]
@@ -44,10 +46,7 @@ class Engine:
             self.index: PolicyIndex = (
                 build_policy_index(self.program, self.classes)
                 if policy_index
-                else PolicyIndex(
-                    "turned off",
-                    disabled_arrays(),
-                )
+                else PolicyIndex.off("turned off")
             )
         # (chain, index, rule) for every rule; evaluate_explained() reports positions in this list
         self.rules: list[tuple[str, int, Rule]] = self.program.rules

@@ -1,10 +1,12 @@
 """The engine's numba kernel: classify a batch against a flattened Program.
 
-``classify`` keys each packet by (family, source identity, destination identity, protocol, port
-class, ct state) — the coarsest key the tables can tell apart (see ``dataplane.classes``) — and
-keeps a bounded open-addressing cache from that key to (verdict, deciding rule). A miss walks the
-Program exactly as netfilter would, but with runs indexed by address, so the cost of a miss
-follows the rules that can match the packet, not the rule count.
+``classify`` first asks the policy index (``dataplane.policy_index``), when it is on, which
+decides a packet from a few table lookups. The packets it leaves (all of them when it is off) are
+keyed by (family, source identity, destination identity, protocol, port class, ct state), the
+coarsest key the tables can tell apart (see ``dataplane.classes``), in a bounded open-addressing
+cache from that key to (verdict, deciding rule). A miss walks the Program exactly as netfilter
+would, but with runs indexed by address, so the cost of a miss follows the rules that can match
+the packet, not the rule count.
 
 The walk is written out inside the one function on purpose: every call that passes arrays (even
 one numba inlines) costs an atomic reference-count increment and decrement per array, which at a

@@ -15,9 +15,10 @@ that depends on the one before. For tables of the shape ``compiler.lower`` produ
   bitmask of the atoms that identity may use, plus the mask every identity may use.
 
 Every lookup is independent of the rule count. The index is built only when the Program has that
-shape, rule for rule; a packet that reaches anything else (a policy chain the index could not
-summarise, an address named by two dispatch rules) falls back to the walk. Either way the answer,
-verdict and deciding rule, is the walk's.
+shape, rule for rule (else it is off and says why); a packet that reaches a part it could not
+summarise (a per-pod chain of another shape, a policy chain with a peer set searched by address)
+falls back to the cache and the walk. Either way the answer, verdict and deciding rule, is the
+walk's.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ class PolicyIndex:
 
     reason: str
     arrays: tuple[np.ndarray, ...]
-    chains_indexed: int = 0
-    policy_chains_indexed: int = 0
+
+    @classmethod
+    def off(cls, reason: str) -> PolicyIndex:
+        """An index the kernel never consults, with arrays of the kernel's types."""
+        return cls(reason, _off_arrays())
 
     @property
     def enabled(self) -> bool:
@@ -153,11 +157,10 @@ def build_policy_index(program: Program, classes: Classes) -> PolicyIndex:
     try:
         return _build(_Reader(program, classes), classes)
     except _Shape as e:
-        return PolicyIndex(str(e), disabled_arrays())
+        return PolicyIndex.off(str(e))
 
 
-def disabled_arrays() -> tuple[np.ndarray, ...]:
-    """Arrays of the kernel's types for an index that is off."""
+def _off_arrays() -> tuple[np.ndarray, ...]:
     return (
         np.zeros(1, dtype=np.int64),  # on
         np.full(5, -1, dtype=np.int64),  # ct rule per ct state
@@ -237,9 +240,7 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
                 for pc in shape[2]:
                     if policy_side.setdefault(pc, 1 - side) != 1 - side:
                         policy_side[pc] = -1
-    marks = {
-        int(p.r_mark_mask[k]) for shape in pods.values() if shape is not None for k in shape[3]
-    }
+    marks = {shape[3] for shape in pods.values() if shape is not None}
     if len(marks) > 1:
         raise _Shape("per-pod chains use different marks")
     mark = marks.pop() if marks else 0
@@ -313,9 +314,7 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
         np.array(records, dtype=np.uint64) if records else np.zeros(1, dtype=np.uint64),
         *peer_table,
     )
-    n_pods = sum(shape is not None for shape in pods.values())
-    n_policies = sum(records[at] == 1 for at in policy_at.values())
-    return PolicyIndex("", arrays, n_pods, n_policies)
+    return PolicyIndex("", arrays)
 
 
 _MASK64 = (1 << 64) - 1
@@ -334,7 +333,7 @@ def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pod_chain(r: _Reader, ch: int) -> tuple | None:
-    """(other side, self addresses, policy chains, mark rules, DROP rule) of a per-pod chain
+    """(other side, self addresses, policy chains, allow mark, DROP rule) of a per-pod chain
     [self -> RETURN]* clear (jump, allow-check)* DROP; None for any other chain."""
     p = r.p
     rules = list(r.rules_of(ch))
@@ -378,7 +377,7 @@ def _pod_chain(r: _Reader, ch: int) -> tuple | None:
     drop = rules[i]
     if not (p.r_target[drop] == T_DROP and not r.matches(drop) and not p.r_family[drop]):
         return None
-    return other, selves, jumps, [clear], drop
+    return other, selves, jumps, m, drop
 
 
 def _policy_chain(

@@ -215,6 +215,11 @@ def _classify_all_then_track(replayer: Replayer, batch) -> tuple:
     return verdict, ct, reason, decider
 
 
+def _asked(engine: Engine) -> int:
+    """Packets the engine answered: by its policy index, its cache or a walk."""
+    return sum(engine.stats[k] for k in ("indexed", "hits", "walks"))
+
+
 def test_classifying_only_fresh_packets_matches_classifying_every_packet(tmp_path: Path) -> None:
     """Replay asks the engine only about the packets that need a verdict; it must decide what
     classifying every packet first and tracking afterwards decides: same verdicts, states and
@@ -257,7 +262,4 @@ def test_classifying_only_fresh_packets_matches_classifying_every_packet(tmp_pat
             assert (
                 getattr(tagged, name)[: tagged.used] == getattr(hashed, name)[: hashed.used]
             ).all()
-        def asked(engine: Engine) -> int:
-            return sum(engine.stats[k] for k in ("indexed", "hits", "walks"))
-
-        assert asked(fused.engine) < asked(plain.engine)
+        assert _asked(fused.engine) < _asked(plain.engine)
