@@ -82,9 +82,10 @@ def point_classify(rules: int, packets: int, walker_budget_s: float, walker_max:
         engine.evaluate(batch, "NEW")
 
     cold_s = best_of(cold)
-    before = engine.stats["indexed"]
+    before = engine.stats
     verdict = engine.evaluate(batch, "NEW")
-    indexed = engine.stats["indexed"] - before
+    indexed = engine.stats["indexed"] - before["indexed"]
+    consulted = engine.stats["policies_consulted"] - before["policies_consulted"]
     # the same engine without its policy index: a verdict cache in front of the walk
     cached = Engine(rs, policy_index=False)
     cached.evaluate(batch.take(slice(0, 64)), "NEW")
@@ -144,6 +145,7 @@ def point_classify(rules: int, packets: int, walker_budget_s: float, walker_max:
         "engine_build_s": engine_build_s,
         "engine_ns_per_packet": cold_s / len(batch) * 1e9,
         "engine_indexed_fraction": indexed / len(batch),
+        "engine_policies_per_packet": consulted / len(batch),
         "engine_index": engine.index.reason or "on",
         "engine_cache_cold_ns_per_packet": cache_cold_s / len(batch) * 1e9,
         "engine_warm_ns_per_packet": warm_s / len(batch) * 1e9,
@@ -708,7 +710,7 @@ def tables(results: dict) -> str:
     rows = []
     for r in results["classify"]:
         if r["status"] != "ok":
-            rows.append([r["rules"], r["status"], "", "", "", "", "", "", "", ""])
+            rows.append([r["rules"], r["status"], "", "", "", "", "", "", "", "", ""])
             continue
         rows.append(
             [
@@ -716,6 +718,7 @@ def tables(results: dict) -> str:
                 r["cluster"],
                 r["engine_ns_per_packet"] / 1e3,
                 r.get("engine_indexed_fraction", float("nan")),
+                r.get("engine_policies_per_packet", float("nan")),
                 r.get("engine_cache_cold_ns_per_packet", float("nan")) / 1e3,
                 r.get("engine_warm_ns_per_packet", float("nan")) / 1e3,
                 r.get("engine_cold_walk_fraction", float("nan")),
@@ -732,6 +735,7 @@ def tables(results: dict) -> str:
             "cluster",
             "engine µs/pkt (policy index)",
             "decided by the index",
+            "policy chains per packet (index)",
             "without index µs/pkt (cold cache)",
             "without index µs/pkt (warm cache)",
             "packets walked (cold cache)",

@@ -54,7 +54,7 @@ class Engine:
         self._classes = self.classes.arrays()
         self._cache_keys = np.zeros((cache_size, 2), dtype=np.uint64)
         self._cache_vals = np.zeros(cache_size, dtype=np.int64)
-        self._counters = np.zeros(5, dtype=np.int64)
+        self._counters = np.zeros(6, dtype=np.int64)
         self._stack = np.zeros((MAX_DEPTH, 4), dtype=np.int64)
 
     @property
@@ -64,13 +64,14 @@ class Engine:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Packets the policy index decided, cache hits, walks (misses) and the rules those
-        walks inspected, so far."""
+        """Packets the policy index decided and the policy chains it consulted for them, cache
+        hits, walks (misses) and the rules those walks inspected, so far."""
         return {
             "indexed": int(self._counters[4]),
             "hits": int(self._counters[0]),
             "walks": int(self._counters[1]),
             "rules_inspected": int(self._counters[3]),
+            "policies_consulted": int(self._counters[5]),
         }
 
     def clear_cache(self) -> None:

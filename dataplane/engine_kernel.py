@@ -48,11 +48,18 @@ _S24 = np.uint64(24)
 _S32 = np.uint64(32)
 _S33 = np.uint64(33)
 _S40 = np.uint64(40)
-_S60 = np.uint64(60)
 _S8 = np.uint64(8)
 _S48 = np.uint64(48)
 _ONE = np.uint64(1)
 _M32 = np.uint64(0xFFFFFFFF)
+_S58 = np.uint64(58)
+_ZERO = np.uint64(0)
+_TWO = np.uint64(2)
+_FOUR = np.uint64(4)
+# a set bit's position from its value: the de Bruijn sequence's top six bits after multiplying
+_DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_BIT_AT = np.zeros(64, dtype=np.int8)
+_BIT_AT[[((1 << i) * 0x03F79D71B4CB0A89 & (1 << 64) - 1) >> 58 for i in range(64)]] = range(64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -90,54 +97,24 @@ def _le(ahi, alo, bhi, blo):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, fam,
-            shi, slo, dhi, dlo, pr, dp, c):  # fmt: skip
-    """(accepted, deciding rule or -1) for one packet. ``cache_vals[i] == 0`` marks an empty
-    slot; a value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules
-    inspected by walks, decided by the policy index]; ``stack`` is scratch for the walk's jumps.
-    ``index`` is ``dataplane.policy_index``'s arrays: when it is on, it decides first, and the
-    cache and the walk see only the packets it leaves to them.
-
-    Inlined into both callers, so the batch loop pays no call and the conntrack kernel's rare
-    NEW packets pay one call (``policy_verdict``) instead of a pass over every packet."""
-    (
-        chain_off,
-        op_code,
-        run_dir,
-        ri_code,
-        code,
-        s_family,
-        s_off,
-        s_start_hi,
-        s_start_lo,
-        s_end_hi,
-        s_end_lo,
-        run_off,
-        ri_start_hi,
-        ri_start_lo,
-        ri_end_hi,
-        ri_end_lo,
-        ri_coff,
-    ) = prog
+def _identities(classes, fam, shi, slo, dhi, dlo):
+    """(source identity, destination identity) of a packet's addresses (``dataplane.classes``);
+    the no-identity one for a packet that is not IP."""
     (
         id_off,
         id_start_hi,
         id_start_lo,
         id_of,
         mem_off,
-        mem_key,
-        mem_val,
-        port_class,
-        listed,
+        _mem_key,
+        _mem_val,
+        _port_class,
+        _listed,
         v4_start,
         v4_l1,
         v4_l2,
     ) = classes
     no_identity = mem_off.shape[0] - 2
-    cap = cache_vals.shape[0]
-    mask = np.uint64(cap - 1) if cap > 0 else np.uint64(0)
-
-    # -- identities, the class key and the cache ---------------------------------------
     sid = no_identity
     did = no_identity
     if fam == 4:
@@ -180,41 +157,99 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
                 sid = id_of[base]
             else:
                 did = id_of[base]
+    return sid, did
+
+
+@njit(cache=True, nogil=True, inline="always")
+def peer_mask(table, shift, w):
+    """The mask stored under key ``w`` in a ``policy_index.hash_table`` of four-slot buckets,
+    or 0. The bucket's slots are compared without a branch; the next bucket is read only when
+    this one is full without the key."""
+    mask = np.uint64(table.shape[0] - 1)
+    s = ((w * _C1) >> shift[0]) << _TWO
+    found = _ZERO
+    while True:
+        k0 = table[s, 0]
+        k1 = table[s + 1, 0]
+        k2 = table[s + 2, 0]
+        k3 = table[s + 3, 0]
+        found |= (
+            (table[s, 1] * np.uint64(k0 == w))
+            | (table[s + 1, 1] * np.uint64(k1 == w))
+            | (table[s + 2, 1] * np.uint64(k2 == w))
+            | (table[s + 3, 1] * np.uint64(k3 == w))
+        )
+        if (k3 == 0) | (k0 == w) | (k1 == w) | (k2 == w) | (k3 == w):
+            return found
+        s = (s + _FOUR) & mask
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, fam,
+            sid, did, shi, slo, dhi, dlo, pr, dp, c):  # fmt: skip
+    """(accepted, deciding rule or -1) for one packet. ``cache_vals[i] == 0`` marks an empty
+    slot; a value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules
+    inspected by walks, decided by the policy index, policy chains the index consulted]; ``stack`` is scratch for the walk's jumps.
+    ``index`` is ``dataplane.policy_index``'s arrays: when it is on, it decides first, and the
+    cache and the walk see only the packets it leaves to them.
+
+    Inlined into both callers, so the batch loop pays no call and the conntrack kernel's rare
+    NEW packets pay one call (``policy_verdict``) instead of a pass over every packet."""
+    (
+        chain_off,
+        op_code,
+        run_dir,
+        ri_code,
+        code,
+        s_family,
+        s_off,
+        s_start_hi,
+        s_start_lo,
+        s_end_hi,
+        s_end_lo,
+        run_off,
+        ri_start_hi,
+        ri_start_lo,
+        ri_end_hi,
+        ri_end_lo,
+        ri_coff,
+    ) = prog
+    (
+        _id_off,
+        _id_start_hi,
+        _id_start_lo,
+        _id_of,
+        mem_off,
+        mem_key,
+        mem_val,
+        port_class,
+        listed,
+        _v4_start,
+        _v4_l1,
+        _v4_l2,
+    ) = classes
+    cap = cache_vals.shape[0]
+    mask = np.uint64(cap - 1) if cap > 0 else np.uint64(0)
 
     # -- the policy index (dataplane.policy_index) --------------------------------------
     if index[0][0] == 1:
-        _on, ct_rule, ct_ok, ex_off, ex_rule, rfam, dtab, dshift, rec, ptab, pshift = index
+        _on, ct_rule, ct_ok, ident_row, ex_rule, rfam, rec, ptab, pshift = index
         k = ct_rule[c]
         if k >= 0:
             counters[4] += 1
             return ct_ok[c] == 1, k
-        for t in range(ex_off[sid, 0], ex_off[sid, 1]):  # exemptions, in rule order
+        for t in range(ident_row[sid, 0], ident_row[sid, 1]):  # exemptions, in rule order
             k = np.int64(ex_rule[t])
             if rfam[k] == 0 or rfam[k] == fam:
-                for u in range(ex_off[did, 2], ex_off[did, 3]):
+                for u in range(ident_row[did, 2], ident_row[did, 3]):
                     if ex_rule[u] == k:
                         counters[4] += 1
                         return True, k
         # the per-pod chain records of the two addresses' dispatch rules, in rule order
-        r0 = np.int64(0)
-        r1 = np.int64(0)
-        if fam == 4 or fam == 6:
-            dmask = np.uint64(dtab.shape[0] - 1)
-            for side in range(2):
-                wa = (np.uint64(fam) << _S60) | (shi if side == 0 else dhi)
-                wb = slo if side == 0 else dlo
-                s = (((wa * _C1) ^ wb) * _C1) >> dshift[0]
-                while dtab[s, 0] != 0:
-                    if dtab[s, 0] == wa and dtab[s, 1] == wb:
-                        if side == 0:
-                            r0 = np.int64(dtab[s, 2] & _M32)
-                        else:
-                            r1 = np.int64(dtab[s, 2] >> _S32)
-                        break
-                    s = (s + _ONE) & dmask
+        r0 = np.int64(ident_row[sid, 4])
+        r1 = np.int64(ident_row[did, 5])
         if r0 == 0 or (r1 != 0 and rec[r1 - 1] < rec[r0 - 1]):
             r0, r1 = r1, r0
-        pmask = np.uint64(ptab.shape[0] - 1)
         undecided = False
         for step in range(2):
             at = (r0 if step == 0 else r1) - 1
@@ -225,9 +260,9 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
                 undecided = True
                 break
             if rec[at + 2] == 1:
-                ohi, olo, oid, wid = dhi, dlo, did, sid
+                ohi, olo, oid = dhi, dlo, did
             else:
-                ohi, olo, oid, wid = shi, slo, sid, did
+                ohi, olo, oid = shi, slo, sid
             allowed = False
             n = np.int64(rec[at + 3])
             at += 4
@@ -240,45 +275,31 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
             for t in range(n):
                 if allowed:
                     break
-                q = np.int64(rec[at + t])
-                if rec[q] == 0:
-                    undecided = True
-                    break
-                m = rec[q + 1]
+                counters[5] += 1
+                q = np.int64(rec[at + 3 * t])
+                m = rec[at + 3 * t + 1]
                 w = (np.uint64(q + 1) << _S32) | np.uint64(oid)
-                s = (w * _C1) >> pshift[0]
-                while ptab[s, 0] != 0:
-                    if ptab[s, 0] == w:
-                        m |= ptab[s, 1]
-                        break
-                    s = (s + _ONE) & pmask
-                q += 3
-                for b in range(np.int64(rec[q - 1])):
-                    atom = rec[q + 2 * b]
-                    if (m >> np.uint64(b)) & _ONE == 0:
-                        continue
+                m |= peer_mask(ptab, pshift, w)
+                # only the atoms this peer and this pod may use (their bits): usually none
+                m &= rec[at + 3 * t + 2]
+                while m != 0 and not allowed:
+                    low = m & (~m + _ONE)
+                    m ^= low
+                    atom = rec[q + 1 + np.int64(_BIT_AT[np.int64((low * _DE_BRUIJN) >> _S58)])]
                     f = atom & 0xFF
-                    if f != 0 and f != fam:
-                        continue
                     want = np.int64((atom >> _S8) & 0xFFFF) - 1
-                    if want >= 0 and want != pr:
-                        continue
                     plo = np.int64((atom >> _S24) & 0x1FFFF) - 1
-                    if plo >= 0 and not (
-                        (pr == 6 or pr == 17 or pr == 132) and plo <= dp <= np.int64(atom >> _S48)
-                    ):
-                        continue
-                    own = np.int64(rec[q + 2 * b + 1])
-                    if own >= 0:
-                        first = mem_off[wid]
-                        last = mem_off[wid + 1]
-                        lo = _lower_bound(mem_key, first, last, own)
-                        if not (lo < last and mem_key[lo] == own):
-                            continue
-                    allowed = True
-                    break
-            if undecided:
-                break
+                    allowed = (
+                        (f == 0 or f == fam)
+                        and (want < 0 or want == pr)
+                        and (
+                            plo < 0
+                            or (
+                                (pr == 6 or pr == 17 or pr == 132)
+                                and plo <= dp <= np.int64(atom >> _S48)
+                            )
+                        )
+                    )
             if not allowed:
                 counters[4] += 1
                 return False, drop
@@ -473,9 +494,10 @@ def classify(
     arrays unpacked from the tuples cost an atomic increment and decrement per packet (7x
     slower); so ``stack`` (MAX_DEPTH x 4 int64 scratch) comes from the caller."""
     for p in range(family.shape[0]):
+        sid, did = _identities(classes, family[p], src_hi[p], src_lo[p], dst_hi[p], dst_lo[p])
         ok, rule = _decide(
             prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, family[p],
-            src_hi[p], src_lo[p], dst_hi[p], dst_lo[p], proto[p], dport[p], ct[p],
+            sid, did, src_hi[p], src_lo[p], dst_hi[p], dst_lo[p], proto[p], dport[p], ct[p],
         )  # fmt: skip
         out_ok[p] = ok
         out_rule[p] = rule
@@ -490,9 +512,10 @@ def policy_verdict(policy, i, ct):
         prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, family,
         src_hi, src_lo, dst_hi, dst_lo, proto, dport, decider,
     ) = policy  # fmt: skip
+    sid, did = _identities(classes, family[i], src_hi[i], src_lo[i], dst_hi[i], dst_lo[i])
     ok, rule = _decide(
         prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, family[i],
-        src_hi[i], src_lo[i], dst_hi[i], dst_lo[i], proto[i], dport[i], ct,
+        sid, did, src_hi[i], src_lo[i], dst_hi[i], dst_lo[i], proto[i], dport[i], ct,
     )  # fmt: skip
     decider[i] = rule
     return ok

@@ -7,17 +7,21 @@ that depends on the one before. For tables of the shape ``compiler.lower`` produ
 - the entry chain's leading conntrack rules decide by ct state alone;
 - a node exemption (``-m set A src -m set B dst -j ACCEPT``) matches when the source identity is
   in A and the destination identity in B: each identity lists the exemptions it can start or end;
-- a dispatch rule (``-s POD_IP -j NPEMU-E-...``) is found by hashing the packet's address;
+- a dispatch rule (``-s POD_IP -j NPEMU-E-...``) names a single address, which is therefore an
+  identity of its own: each identity's row names the per-pod chain records its dispatch rules
+  lead to, so the packet's two identities lead straight to them;
 - a per-pod chain RETURNs for its own address, else when one of its policy chains sets the
   allow mark, else it DROPs; a policy chain sets the mark when one of its rules matches, and its
   rules differ only in the peer identities they accept and in a few (family, protocol, port range,
   own-side set) *atoms*. So each policy chain gets a hash table from the peer identity to a
-  bitmask of the atoms that identity may use, plus the mask every identity may use.
+  bitmask of the atoms that identity may use, plus the mask every identity may use; the pod's
+  own address decides the own-side sets once, when its record is built (a mask of the atoms the
+  pod may use). The hash table keeps four slots in a cache line, compared without branching.
 
 Every lookup is independent of the rule count. The index is built only when the Program has that
 shape, rule for rule (else it is off and says why); a packet that reaches a part it could not
-summarise (a per-pod chain of another shape, a policy chain with a peer set searched by address)
-falls back to the cache and the walk. Either way the answer, verdict and deciding rule, is the
+summarise (a per-pod chain of another shape, or one that jumps to a policy chain with a peer
+set searched by address) falls back to the cache and the walk. Either way the answer, verdict and deciding rule, is the
 walk's.
 """
 
@@ -43,6 +47,7 @@ from .program import (
 )
 
 MAX_ATOMS = 64  # one uint64 mask per (policy chain, peer identity)
+PEER_BUCKET = 4  # peer-table slots per hash (2 words each: one cache line)
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -63,13 +68,15 @@ class PolicyIndex:
         return not self.reason
 
 
-def _fill(words: np.ndarray, rows: np.ndarray, table: np.ndarray, shift: np.uint64) -> None:
+def _fill(
+    words: np.ndarray, rows: np.ndarray, table: np.ndarray, shift: np.uint64, bucket: int
+) -> None:
     """Insert rows (column 0 never 0; keys distinct) at their hash words by linear probing,
     every row at once: each round, the first row aiming at each free slot takes it and the rest
     move one slot on (numpy, so building needs no compiled kernel: start-up stays short)."""
     mask = np.uint64(table.shape[0] - 1)
     with np.errstate(over="ignore"):
-        at = (words * _HASH_MUL) >> shift
+        at = ((words * _HASH_MUL) >> shift) * np.uint64(bucket)
     todo = np.arange(len(rows))
     while len(todo):
         free = table[at[todo], 0] == 0
@@ -82,19 +89,24 @@ def _fill(words: np.ndarray, rows: np.ndarray, table: np.ndarray, shift: np.uint
         at[todo] = (at[todo] + np.uint64(1)) & mask
 
 
-def hash_table(words: np.ndarray, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """An open-addressing table of ``rows`` (uint64; column 0 never 0), each at the slot its
-    hash word picks, at most half full, rows padded to ``width`` words; and the hash's shift as
-    a one-element array."""
-    size = 2
+def hash_table(
+    words: np.ndarray, rows: np.ndarray, width: int, bucket: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """An open-addressing table of ``rows`` (uint64; column 0 never 0), at most half full, rows
+    padded to ``width`` words; and the hash's shift as a one-element array. The hash picks a
+    bucket of ``bucket`` slots (a power of two), and a row takes the first free slot from the
+    bucket's first on: a reader checks the whole bucket at once and looks further only when
+    the bucket is full."""
+    size = 2 * bucket
     while size < 2 * len(rows):
         size *= 2
-    shift = np.uint64(64 - size.bit_length() + 1)
+    buckets = size // bucket
+    shift = np.uint64(64 - buckets.bit_length() + 1)
     table = np.zeros((size, width), dtype=np.uint64)
     if len(rows):
         padded = np.zeros((len(rows), width), dtype=np.uint64)
         padded[:, : rows.shape[1]] = rows
-        _fill(np.ascontiguousarray(words, dtype=np.uint64), padded, table, shift)
+        _fill(np.ascontiguousarray(words, dtype=np.uint64), padded, table, shift, bucket)
     return table, np.array([shift], dtype=np.uint64)
 
 
@@ -165,10 +177,9 @@ def _off_arrays() -> tuple[np.ndarray, ...]:
         np.zeros(1, dtype=np.int64),  # on
         np.full(5, -1, dtype=np.int64),  # ct rule per ct state
         np.zeros(5, dtype=np.uint8),  # its verdict
-        np.zeros((1, 4), dtype=np.int32),  # exemption lists per identity
+        np.zeros((1, 8), dtype=np.int32),  # per identity: exemption lists, records
         np.zeros(1, dtype=np.int32),  # exemption rules
         np.zeros(1, dtype=np.uint8),  # their families
-        np.zeros((2, 4), dtype=np.uint64), np.ones(1, dtype=np.uint64),  # dispatch table
         np.zeros(1, dtype=np.uint64),  # records
         np.zeros((2, 2), dtype=np.uint64), np.ones(1, dtype=np.uint64),  # peer table
     )  # fmt: skip
@@ -176,9 +187,9 @@ def _off_arrays() -> tuple[np.ndarray, ...]:
 
 # A per-pod chain's record (one per dispatch rule) in ``records``:
 #   dispatch rule, DROP rule (-2: leave the packet to the walk), other side (0 src, 1 dst),
-#   self addresses n, n x (family, hi, lo), policy chains n, n x policy record offset.
-# A policy chain's record:
-#   indexed (0: leave the packet to the walk), atoms any peer may use, atoms n, n x (atom, own set)
+#   self addresses n, n x (family, hi, lo), policy chains n, n x (policy record offset, atoms
+#   any peer may use, atoms this pod may use: those whose own-side set it is in).
+# A policy chain's record: atoms n, n x atom,
 # with atom = family | (protocol + 1) << 8 | (port low + 1) << 24 | port high << 48.
 _LEAVE = -2
 
@@ -250,30 +261,39 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
     peer_keys: list[np.ndarray] = []
     peer_bits: list[np.ndarray] = []
     policy_at: dict[int, int] = {}
+    policy_any: dict[int, int] = {}
+    policy_own: dict[int, tuple[int, list[tuple[int, int]]]] = {}  # atoms without own set, others
     for pc, side in policy_side.items():
-        policy_at[pc] = len(records)
         summary = _policy_chain(r, pc, side, mark) if side >= 0 else None
         if summary is None:
-            records.extend((0, 0, 0))
             continue
+        at = policy_at[pc] = len(records)
         any_mask, atoms, peers = summary
-        records.extend((1, any_mask, len(atoms)))
-        for fam, proto, lo, hi, own in atoms:
+        policy_any[pc] = any_mask
+        free = sum(1 << bit for bit, atom in enumerate(atoms) if atom[4] < 0)
+        policy_own[pc] = (free, [(bit, atom[4]) for bit, atom in enumerate(atoms) if atom[4] >= 0])
+        records.append(len(atoms))
+        for fam, proto, lo, hi, _own in atoms:
             records.append(fam | (proto + 1) << 8 | (lo + 1) << 24 | max(hi, 0) << 48)
-            records.append(own & _MASK64)
         for bit, idents in peers:
-            peer_keys.append(((policy_at[pc] + 1) << 32) | idents.astype(np.int64))
+            peer_keys.append(((at + 1) << 32) | idents.astype(np.int64))
             peer_bits.append(np.full(len(idents), 1 << bit, dtype=np.uint64))
-    dispatch_rows = []
-    for (fam, hi, lo), sides in dispatch.items():
-        at = []
+    # each dispatch rule names one address (a host set), so the address is an identity of its
+    # own: the kernel goes from the packet's identities straight to the records, and an atom's
+    # own-side set is tested here, once per pod
+    members: dict[int, set[int]] = {}
+    # per identity, in one 32-byte row: [0, 4) its exemption lists as a source and as a
+    # destination (offsets into the exemption rules), [4, 6) its records as a source and as a
+    # destination (offset + 1, 0 for none)
+    ident_row = np.zeros((n_ident, 8), dtype=np.int32)
+    idents = identities_of(classes, list(dispatch))
+    for ident, sides in zip(idents.tolist(), dispatch.values(), strict=True):
         for side, k in enumerate(sides):
             if k < 0:
-                at.append(0)
                 continue
-            at.append(len(records) + 1)
+            ident_row[ident, 4 + side] = len(records) + 1
             shape = pods[int(p.r_jump[k])]
-            if shape is None or shape[0] != 1 - side:
+            if shape is None or shape[0] != 1 - side or any(pc not in policy_at for pc in shape[2]):
                 records.extend((k, _LEAVE & _MASK64, 0, 0, 0))
                 continue
             other, selves, jumps, _, drop = shape
@@ -281,11 +301,15 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
             for t in selves:
                 records.extend(t)
             records.append(len(jumps))
-            records.extend(policy_at[pc] for pc in jumps)
-        dispatch_rows.append((fam << 60 | hi, lo, at[0] | at[1] << 32))
+            for pc in jumps:
+                free, owned = policy_own[pc]
+                for bit, own in owned:
+                    if own not in members:
+                        members[own] = set(r.members(own).tolist())
+                    if ident in members[own]:
+                        free |= 1 << bit
+                records.extend((policy_at[pc], policy_any[pc], free))
 
-    rows = np.array(dispatch_rows, dtype=np.uint64).reshape(-1, 3)
-    dispatch_table = hash_table(_dispatch_word(rows[:, 0], rows[:, 1]), rows, 4)
     if peer_keys:
         keys = np.concatenate(peer_keys).astype(np.uint64)
         bits = np.concatenate(peer_bits)
@@ -295,22 +319,20 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
         peer_rows = np.stack([keys[starts], np.bitwise_or.reduceat(bits, starts)], axis=1)
     else:
         peer_rows = np.zeros((0, 2), dtype=np.uint64)
-    peer_table = hash_table(peer_rows[:, 0], peer_rows, 2)
+    peer_table = hash_table(peer_rows[:, 0], peer_rows, 2, PEER_BUCKET)
 
-    ex_off = np.zeros((n_ident, 4), dtype=np.int32)
     src_off, src_rules = _flatten(ex_src)
     dst_off, dst_rules = _flatten(ex_dst)
-    ex_off[:, 0], ex_off[:, 1] = src_off[:-1], src_off[1:]
-    ex_off[:, 2], ex_off[:, 3] = dst_off[:-1] + len(src_rules), dst_off[1:] + len(src_rules)
+    ident_row[:, 0], ident_row[:, 1] = src_off[:-1], src_off[1:]
+    ident_row[:, 2], ident_row[:, 3] = dst_off[:-1] + len(src_rules), dst_off[1:] + len(src_rules)
     ex_rules = np.concatenate([src_rules, dst_rules]).astype(np.int32)
     arrays = (
         np.ones(1, dtype=np.int64),
         ct_rule,
         ct_ok,
-        ex_off,
+        ident_row,
         ex_rules if len(ex_rules) else np.zeros(1, dtype=np.int32),
         p.r_family.copy() if len(p.rules) else np.zeros(1, dtype=np.uint8),
-        *dispatch_table,
         np.array(records, dtype=np.uint64) if records else np.zeros(1, dtype=np.uint64),
         *peer_table,
     )
@@ -320,10 +342,24 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
 _MASK64 = (1 << 64) - 1
 
 
-def _dispatch_word(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The dispatch table's hash word for an address (the kernel computes the same)."""
-    with np.errstate(over="ignore"):
-        return (a.astype(np.uint64) * _HASH_MUL) ^ b.astype(np.uint64)
+def identities_of(classes: Classes, addresses: list[tuple[int, int, int]]) -> np.ndarray:
+    """The identity of each (family, hi, lo) address: the kernel's lookup, in numpy."""
+    out = np.zeros(len(addresses), dtype=np.int64)
+    for fam, (first, last) in ((4, (0, 1)), (6, (1, 2))):
+        at = [i for i, t in enumerate(addresses) if t[0] == fam]
+        if not at:
+            continue
+        a, b = int(classes.id_off[first]), int(classes.id_off[last])
+        if fam == 4:
+            starts = classes.id_start_lo[a:b]
+            wanted = np.array([addresses[i][2] for i in at], dtype=np.uint64)
+        else:  # 128-bit addresses as Python ints (few: IPv6 pods)
+            pieces = zip(classes.id_start_hi[a:b], classes.id_start_lo[a:b], strict=True)
+            starts = np.array([(int(h) << 64) | int(low) for h, low in pieces], dtype=object)
+            wanted = np.array([(addresses[i][1] << 64) | addresses[i][2] for i in at], dtype=object)
+        pos = np.searchsorted(starts, wanted, side="right")
+        out[at] = classes.id_of[a + pos - 1]
+    return out
 
 
 def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

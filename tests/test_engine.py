@@ -213,6 +213,8 @@ def test_engine_indexes_dispatch_runs_and_survives_cache_turnover(
     assert (by_index == fast).all() and (decider_by_index == decider).all()
     if not wide:  # searched-by-address sets are outside what the index summarises
         assert indexed.stats["indexed"] == len(rows)
+        # every pod is isolated by four policies: most packets consult several of them
+        assert indexed.stats["policies_consulted"] > 2 * len(rows)
 
 
 def test_identities_merge_addresses_no_rule_tells_apart() -> None:
