@@ -233,15 +233,22 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
 
     # -- the policy index (dataplane.policy_index) --------------------------------------
     if index[0][0] == 1:
-        _on, ct_rule, ct_ok, ident_row, ex_rule, rfam, rec, ptab, pshift = index
+        _on, ct_rule, ct_ok, ident_row, ex_rule, rec, ptab, pshift = index
         k = ct_rule[c]
         if k >= 0:
             counters[4] += 1
             return ct_ok[c] == 1, k
-        for t in range(ident_row[sid, 0], ident_row[sid, 1]):  # exemptions, in rule order
-            k = np.int64(ex_rule[t])
-            if rfam[k] == 0 or rfam[k] == fam:
-                for u in range(ident_row[did, 2], ident_row[did, 3]):
+        # exemptions, in rule order (the lists hold only rules of the identity's family)
+        a, b = ident_row[sid, 0], ident_row[sid, 1]
+        e, f = ident_row[did, 2], ident_row[did, 3]
+        if b - a == 1 and f - e == 1:  # one each, in the rows
+            if ident_row[sid, 6] == ident_row[did, 7]:
+                counters[4] += 1
+                return True, np.int64(ident_row[sid, 6])
+        elif b > a and f > e:
+            for t in range(a, b):
+                k = np.int64(ex_rule[t])
+                for u in range(e, f):
                     if ex_rule[u] == k:
                         counters[4] += 1
                         return True, k

@@ -179,7 +179,6 @@ def _off_arrays() -> tuple[np.ndarray, ...]:
         np.zeros(5, dtype=np.uint8),  # its verdict
         np.zeros((1, 8), dtype=np.int32),  # per identity: exemption lists, records
         np.zeros(1, dtype=np.int32),  # exemption rules
-        np.zeros(1, dtype=np.uint8),  # their families
         np.zeros(1, dtype=np.uint64),  # records
         np.zeros((2, 2), dtype=np.uint64), np.ones(1, dtype=np.uint64),  # peer table
     )  # fmt: skip
@@ -200,6 +199,10 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
     ct_rule = np.full(5, -1, dtype=np.int64)
     ct_ok = np.zeros(5, dtype=np.uint8)
     ex_src: list[list[int]] = [[] for _ in range(n_ident)]
+    n_v4 = classes.identities[4]
+
+    def family_of(ident: int) -> int:
+        return 4 if ident < n_v4 else 6
     ex_dst: list[list[int]] = [[] for _ in range(n_ident)]
     dispatch: dict[tuple[int, int, int], list[int]] = {}  # (fam, hi, lo) -> [src rule, dst rule]
     stage = 0  # conntrack rules, then exemptions, then dispatch
@@ -220,10 +223,14 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
             if {d0, d1} != {0, 1} or not (r.listed[s0] and r.listed[s1]):
                 raise _Shape(f"exemption rule {k} does not name listed source and destination sets")
             src_set, dst_set = (s0, s1) if d0 == 0 else (s1, s0)
+            # an identity is of one family, so a rule of the other never matches it
+            rule_family = int(p.r_family[k])
             for ident in r.members(src_set).tolist():
-                ex_src[ident].append(k)
+                if not rule_family or family_of(ident) == rule_family:
+                    ex_src[ident].append(k)
             for ident in r.members(dst_set).tolist():
-                ex_dst[ident].append(k)
+                if not rule_family or family_of(ident) == rule_family:
+                    ex_dst[ident].append(k)
             continue
         if kinds == [M_SET] and target == T_JUMP and ms[0][2] in r.host:
             stage = 2
@@ -284,7 +291,7 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
     members: dict[int, set[int]] = {}
     # per identity, in one 32-byte row: [0, 4) its exemption lists as a source and as a
     # destination (offsets into the exemption rules), [4, 6) its records as a source and as a
-    # destination (offset + 1, 0 for none)
+    # destination (offset + 1, 0 for none), [6, 8) the exemption rule of a list of one, else -1
     ident_row = np.zeros((n_ident, 8), dtype=np.int32)
     idents = identities_of(classes, list(dispatch))
     for ident, sides in zip(idents.tolist(), dispatch.values(), strict=True):
@@ -326,13 +333,18 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
     ident_row[:, 0], ident_row[:, 1] = src_off[:-1], src_off[1:]
     ident_row[:, 2], ident_row[:, 3] = dst_off[:-1] + len(src_rules), dst_off[1:] + len(src_rules)
     ex_rules = np.concatenate([src_rules, dst_rules]).astype(np.int32)
+    # the usual case, one exemption as a source (the pod's node's) and one as a destination,
+    # kept in the row itself
+    for col, first in ((6, 0), (7, 2)):
+        one = ident_row[:, first + 1] - ident_row[:, first] == 1
+        ident_row[:, col] = -1
+        ident_row[one, col] = ex_rules[ident_row[one, first]]
     arrays = (
         np.ones(1, dtype=np.int64),
         ct_rule,
         ct_ok,
         ident_row,
         ex_rules if len(ex_rules) else np.zeros(1, dtype=np.int32),
-        p.r_family.copy() if len(p.rules) else np.zeros(1, dtype=np.uint8),
         np.array(records, dtype=np.uint64) if records else np.zeros(1, dtype=np.uint64),
         *peer_table,
     )
