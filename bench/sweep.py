@@ -612,7 +612,17 @@ def plot(results: dict, img: Path) -> None:
             color="C0",
             label="engine walk",
         )
-        ax[1].set(xlabel="rules", ylabel="rules inspected per packet", title="rules inspected")
+        pol = [r for r in ok if "engine_policies_per_packet" in r]
+        ax[1].loglog(
+            [r["rules"] for r in pol],
+            [r["engine_policies_per_packet"] for r in pol],
+            "D--",
+            color="C2",
+            label="policy index: policy chains consulted",
+        )
+        ax[1].set(
+            xlabel="rules", ylabel="rules (or policy chains) per packet", title="work per packet"
+        )
         ax[1].legend()
         ax[1].grid(True, which="both", alpha=0.3)
         fig.tight_layout()
