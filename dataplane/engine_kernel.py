@@ -189,9 +189,10 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
             sid, did, shi, slo, dhi, dlo, pr, dp, c):  # fmt: skip
     """(accepted, deciding rule or -1) for one packet. ``cache_vals[i] == 0`` marks an empty
     slot; a value is 2 * (rule + 2) + accepted. ``counters`` = [hits, walks, cache fill, rules
-    inspected by walks, decided by the policy index, policy chains the index consulted]; ``stack`` is scratch for the walk's jumps.
-    ``index`` is ``dataplane.policy_index``'s arrays: when it is on, it decides first, and the
-    cache and the walk see only the packets it leaves to them.
+    inspected by walks, decided by the policy index, policy chains the index consulted];
+    ``stack`` is scratch for the walk's jumps. ``sid`` and ``did`` are the addresses'
+    identities (``_identities``). ``index`` is ``dataplane.policy_index``'s arrays: when it is
+    on, it decides first, and the cache and the walk see only the packets it leaves to them.
 
     Inlined into both callers, so the batch loop pays no call and the conntrack kernel's rare
     NEW packets pay one call (``policy_verdict``) instead of a pass over every packet."""

@@ -21,8 +21,8 @@ that depends on the one before. For tables of the shape ``compiler.lower`` produ
 Every lookup is independent of the rule count. The index is built only when the Program has that
 shape, rule for rule (else it is off and says why); a packet that reaches a part it could not
 summarise (a per-pod chain of another shape, or one that jumps to a policy chain with a peer
-set searched by address) falls back to the cache and the walk. Either way the answer, verdict and deciding rule, is the
-walk's.
+set searched by address) falls back to the cache and the walk. Either way the answer, verdict
+and deciding rule, is the walk's.
 """
 
 from __future__ import annotations
@@ -199,11 +199,12 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
     ct_rule = np.full(5, -1, dtype=np.int64)
     ct_ok = np.zeros(5, dtype=np.uint8)
     ex_src: list[list[int]] = [[] for _ in range(n_ident)]
-    n_v4 = classes.identities[4]
+    ex_dst: list[list[int]] = [[] for _ in range(n_ident)]
+    n_v4 = classes.identities[4]  # IPv4 identities come first
 
     def family_of(ident: int) -> int:
         return 4 if ident < n_v4 else 6
-    ex_dst: list[list[int]] = [[] for _ in range(n_ident)]
+
     dispatch: dict[tuple[int, int, int], list[int]] = {}  # (fam, hi, lo) -> [src rule, dst rule]
     stage = 0  # conntrack rules, then exemptions, then dispatch
     for k in r.rules_of(p.entry):
