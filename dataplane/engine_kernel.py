@@ -56,6 +56,8 @@ _S58 = np.uint64(58)
 _ZERO = np.uint64(0)
 _TWO = np.uint64(2)
 _FOUR = np.uint64(4)
+_SEARCHED = np.uint64(1 << 62)  # policy_index._SEARCHED: the chain has searched peer sets
+_RECORD = np.uint64((1 << 62) - 1)
 # a set bit's position from its value: the de Bruijn sequence's top six bits after multiplying
 _DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)
 _BIT_AT = np.zeros(64, dtype=np.int8)
@@ -284,10 +286,20 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
                 if allowed:
                     break
                 counters[5] += 1
-                q = np.int64(rec[at + 3 * t])
+                qw = rec[at + 3 * t]
+                q = np.int64(qw & _RECORD)
                 m = rec[at + 3 * t + 1]
                 w = (np.uint64(q + 1) << _S32) | np.uint64(oid)
                 m |= peer_mask(ptab, pshift, w)
+                if qw & _SEARCHED != 0:  # peer sets too wide to list, in oid's memberships
+                    s_at = q + 1 + np.int64(rec[q])
+                    first = mem_off[oid]
+                    last = mem_off[oid + 1]
+                    for j in range(np.int64(rec[s_at])):
+                        key = np.int64(rec[s_at + 1 + 2 * j])
+                        lo = _lower_bound(mem_key, first, last, key)
+                        if lo < last and mem_key[lo] == key:
+                            m |= rec[s_at + 2 + 2 * j]
                 # only the atoms this peer and this pod may use (their bits): usually none
                 m &= rec[at + 3 * t + 2]
                 while m != 0 and not allowed:

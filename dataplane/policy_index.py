@@ -48,6 +48,7 @@ from .program import (
 
 MAX_ATOMS = 64  # one uint64 mask per (policy chain, peer identity)
 PEER_BUCKET = 4  # peer-table slots per hash (2 words each: one cache line)
+PAIR_BUDGET = 1 << 22  # (policy chain, peer identity) pairs in the peer table: 128 MiB at most
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -188,8 +189,11 @@ def _off_arrays() -> tuple[np.ndarray, ...]:
 #   dispatch rule, DROP rule (-2: leave the packet to the walk), other side (0 src, 1 dst),
 #   self addresses n, n x (family, hi, lo), policy chains n, n x (policy record offset, atoms
 #   any peer may use, atoms this pod may use: those whose own-side set it is in).
-# A policy chain's record: atoms n, n x atom,
-# with atom = family | (protocol + 1) << 8 | (port low + 1) << 24 | port high << 48.
+# A policy chain's record: atoms n, n x atom, then, when its offset in the pod records carries
+# _SEARCHED, peer sets n, n x (set, atoms its members may use): the peers searched for in the
+# peer identity's membership list rather than listed in the peer table.
+# atom = family | (protocol + 1) << 8 | (port low + 1) << 24 | port high << 48.
+_SEARCHED = 1 << 62
 _LEAVE = -2
 
 
@@ -271,21 +275,32 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
     policy_at: dict[int, int] = {}
     policy_any: dict[int, int] = {}
     policy_own: dict[int, tuple[int, list[tuple[int, int]]]] = {}  # atoms without own set, others
+    summaries = {}
     for pc, side in policy_side.items():
         summary = _policy_chain(r, pc, side, mark) if side >= 0 else None
-        if summary is None:
-            continue
+        if summary is not None:
+            summaries[pc] = summary
+    searched = _within_budget(summaries)
+    for pc, (any_mask, atoms, peers) in summaries.items():
         at = policy_at[pc] = len(records)
-        any_mask, atoms, peers = summary
         policy_any[pc] = any_mask
         free = sum(1 << bit for bit, atom in enumerate(atoms) if atom[4] < 0)
         policy_own[pc] = (free, [(bit, atom[4]) for bit, atom in enumerate(atoms) if atom[4] >= 0])
         records.append(len(atoms))
         for fam, proto, lo, hi, _own in atoms:
             records.append(fam | (proto + 1) << 8 | (lo + 1) << 24 | max(hi, 0) << 48)
-        for bit, idents in peers:
-            peer_keys.append(((at + 1) << 32) | idents.astype(np.int64))
-            peer_bits.append(np.full(len(idents), 1 << bit, dtype=np.uint64))
+        by_set: dict[int, int] = {}
+        for j, (bit, idents, peer_set) in enumerate(peers):
+            if (pc, j) in searched:
+                by_set[peer_set] = by_set.get(peer_set, 0) | 1 << bit
+            else:
+                peer_keys.append(((at + 1) << 32) | idents.astype(np.int64))
+                peer_bits.append(np.full(len(idents), 1 << bit, dtype=np.uint64))
+        if by_set:
+            policy_at[pc] |= _SEARCHED
+            records.append(len(by_set))
+            for peer_set, bits in by_set.items():
+                records.extend((peer_set, bits))
     # each dispatch rule names one address (a host set), so the address is an identity of its
     # own: the kernel goes from the packet's identities straight to the records, and an atom's
     # own-side set is tested here, once per pod
@@ -431,18 +446,20 @@ def _pod_chain(r: _Reader, ch: int) -> tuple | None:
 
 def _policy_chain(
     r: _Reader, pc: int, other: int, mark: int
-) -> tuple[int, list[tuple[int, int, int, int, int]], list[tuple[int, np.ndarray]]] | None:
-    """(atoms any peer may use, atoms, [(atom bit, peer identities)]) of a policy chain whose
-    every rule sets ``mark``; None leaves the chain to the walk."""
+) -> tuple[int, list[tuple[int, int, int, int, int]], list[tuple[int, np.ndarray, int]]] | None:
+    """(atoms any peer may use, atoms, [(atom bit, peer identities, peer set)]) of a policy
+    chain whose every rule sets ``mark``; the peer set is the one set a rule's peers come from,
+    or -1 when they are the intersection of several. None leaves the chain to the walk."""
     p = r.p
     found: dict[tuple[int, int, int, int, int], int] = {}
-    peers: list[tuple[int, np.ndarray]] = []
+    peers: list[tuple[int, np.ndarray, int]] = []
     any_mask = 0
     for k in r.rules_of(pc):
         if not (p.r_target[k] == T_MARK and p.r_mark_value[k] == mark and p.r_mark_mask[k] == mark):
             return None
         proto, lo, hi, own = -1, -1, -1, -1
         idents: np.ndarray | None = None
+        peer_sets: list[int] = []
         for kind, d, a, b, c in r.matches(k):
             if kind == M_PROTO and proto in (-1, a):
                 proto = a
@@ -451,6 +468,7 @@ def _policy_chain(
             elif kind == M_SET and r.listed[a] and d == other:
                 got = r.members(a)
                 idents = got if idents is None else np.intersect1d(idents, got)
+                peer_sets.append(a)
             elif kind == M_SET and r.listed[a] and own < 0:
                 own = a
             else:
@@ -461,5 +479,45 @@ def _policy_chain(
         if idents is None:
             any_mask |= 1 << bit
         elif len(idents):
-            peers.append((bit, idents))
+            peers.append((bit, idents, peer_sets[0] if len(peer_sets) == 1 else -1))
     return any_mask, list(found), peers
+
+
+def _within_budget(
+    summaries: dict[int, tuple[int, list, list[tuple[int, np.ndarray, int]]]],
+) -> set[tuple[int, int]]:
+    """Which (policy chain, peer entry) the kernel searches in the peer identity's membership
+    list instead of the peer table, widest first, until the table's pairs fit ``PAIR_BUDGET``;
+    chains still too wide after that (peers that are intersections of sets cannot be searched)
+    are dropped from ``summaries``, and their pods left to the walk."""
+    total = sum(len(e[1]) for s in summaries.values() for e in s[2])
+    searched: set[tuple[int, int]] = set()
+    if total <= PAIR_BUDGET:
+        return searched
+    wide = sorted(
+        (
+            (len(e[1]), pc, j)
+            for pc, s in summaries.items()
+            for j, e in enumerate(s[2])
+            if e[2] >= 0
+        ),
+        reverse=True,
+    )
+    for n, pc, j in wide:
+        if total <= PAIR_BUDGET:
+            return searched
+        searched.add((pc, j))
+        total -= n
+    listed = sorted(
+        (
+            (sum(len(e[1]) for j, e in enumerate(s[2]) if (pc, j) not in searched), pc)
+            for pc, s in summaries.items()
+        ),
+        reverse=True,
+    )
+    for n, pc in listed:
+        if total <= PAIR_BUDGET:
+            break
+        del summaries[pc]
+        total -= n
+    return searched

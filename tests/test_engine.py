@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from compiler.lower import lower
 from compiler.model import Cluster, IPBlock, LabelSelector, NetworkPolicy, Peer, PolicyRule
 from compiler.tables import IPSet
+from dataplane import policy_index
 from dataplane.engine import CT_CODES, Engine, ipset_intervals
 from dataplane.packets import PacketBatch, ip_to_pair
 from dataplane.walker import Packet, SetLookup, Walker
@@ -78,6 +80,11 @@ def test_engine_agrees_with_walker(cluster: Cluster, data: st.DataObject) -> Non
     by_index, decider_by_index = indexed.evaluate_explained(batch, ct)
     assert (by_index == fast).all() and (decider_by_index == decider).all()
     assert indexed.stats["indexed"] + indexed.stats["hits"] + indexed.stats["walks"] == len(rows)
+    # and with every peer set searched in the membership lists instead of the peer table
+    with mock.patch.object(policy_index, "PAIR_BUDGET", 0):
+        searching = Engine(rs)
+    by_search, decider_by_search = searching.evaluate_explained(batch, ct)
+    assert (by_search == fast).all() and (decider_by_search == decider).all()
     traces = [walker.walk(Packet.make(s, d, p, port, state)) for s, d, p, port, state in rows]
     slow = np.array([t.verdict == "ACCEPT" for t in traces])
     mismatch = np.flatnonzero(fast != slow)

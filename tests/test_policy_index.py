@@ -61,3 +61,56 @@ def test_index_turns_off_for_tables_of_another_shape_and_engine_still_agrees() -
     assert ok.tolist() == [False, True, False]  # the new rule drops the first packet only
     assert engine.stats["indexed"] == engine.stats["policies_consulted"] == 0
     assert engine.stats["walks"] > 0
+
+
+def test_wide_peer_sets_are_searched_and_agree_with_the_walker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no room in the peer table, every peer set is searched in the peer identity's
+    membership list instead: the index still decides every packet, as the walk would."""
+    from dataplane import policy_index
+    from dataplane.walker import Packet, Walker
+
+    rs = lower(_scan_cluster())
+    rng = np.random.default_rng(11)
+    addrs = [f"10.0.{i // 200}.{i % 200 + 1}" for i in range(600)] + ["192.168.7.9", "192.168.8.9"]
+    rows = [
+        (addrs[rng.integers(len(addrs))], addrs[rng.integers(len(addrs))], 6,
+         int(rng.integers(7995, 8020)), "NEW")
+        for _ in range(2000)
+    ]  # fmt: skip
+    listed = Engine(rs)
+    monkeypatch.setattr(policy_index, "PAIR_BUDGET", 0)
+    searched = Engine(rs)
+    assert searched.index.enabled
+    assert (listed.index.arrays[6][:, 0] != 0).sum() > 1000  # pairs in the table...
+    assert (searched.index.arrays[6][:, 0] != 0).sum() == 0  # ...and none: all searched
+    ok, decider = searched.evaluate_explained(_batch(rows))
+    assert searched.stats["indexed"] == len(rows)
+    walker = Walker(rs)
+    traces = [walker.walk(Packet.make(s, d, p, port)) for s, d, p, port, _ in rows]
+    assert ok.tolist() == [t.verdict == "ACCEPT" for t in traces]
+    assert [searched.rules[k][:2] if k >= 0 else None for k in decider] == [
+        (t.final.chain, t.final.index) if t.final else None for t in traces
+    ]
+    assert 0 < ok.sum() < len(rows)
+
+
+def test_budget_searches_the_widest_sets_first_and_drops_what_it_cannot_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataplane import policy_index
+
+    ids = np.arange
+    summaries = {
+        10: (0, [], [(0, ids(50), 3), (1, ids(5), 4)]),
+        20: (0, [], [(0, ids(30), -1)]),  # an intersection of sets: cannot be searched
+        30: (0, [], [(0, ids(8), -1)]),
+    }
+    monkeypatch.setattr(policy_index, "PAIR_BUDGET", 43)
+    kept = dict(summaries)
+    assert policy_index._within_budget(kept) == {(10, 0)} and kept == summaries  # 93 - 50
+    monkeypatch.setattr(policy_index, "PAIR_BUDGET", 20)
+    kept = dict(summaries)
+    assert policy_index._within_budget(kept) == {(10, 0), (10, 1)}
+    assert set(kept) == {10, 30}  # 38 pairs left after searching: the widest chain goes
