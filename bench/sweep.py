@@ -604,22 +604,14 @@ def plot(results: dict, img: Path) -> None:
         ax[0].legend()
         ax[0].grid(True, which="both", alpha=0.3)
         ax[1].loglog(x, [r["walker_rules_inspected"] for r in ok], "s-", color="C1", label="walker")
-        ins = [r for r in ok if "engine_rules_inspected" in r]
-        ax[1].loglog(
-            [r["rules"] for r in ins],
-            [r["engine_rules_inspected"] for r in ins],
-            "o-",
-            color="C0",
-            label="engine walk",
-        )
-        pol = [r for r in ok if "engine_policies_per_packet" in r]
-        ax[1].loglog(
-            [r["rules"] for r in pol],
-            [r["engine_policies_per_packet"] for r in pol],
-            "D--",
-            color="C2",
-            label="policy index: policy chains consulted",
-        )
+        for key, style, color, label in (
+            ("engine_rules_inspected", "o-", "C0", "engine walk"),
+            ("engine_policies_per_packet", "D--", "C2", "policy index: policy chains consulted"),
+        ):
+            got = [r for r in ok if key in r]  # sweeps from before a column have no value
+            ax[1].loglog(
+                [r["rules"] for r in got], [r[key] for r in got], style, color=color, label=label
+            )
         ax[1].set(
             xlabel="rules", ylabel="rules (or policy chains) per packet", title="work per packet"
         )

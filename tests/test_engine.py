@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from compiler.lower import lower
 from compiler.model import Cluster, IPBlock, LabelSelector, NetworkPolicy, Peer, PolicyRule
-from compiler.tables import IPSet
+from compiler.tables import IPSet, Ruleset
 from dataplane import policy_index
 from dataplane.engine import CT_CODES, Engine, ipset_intervals
 from dataplane.packets import PacketBatch, ip_to_pair
@@ -182,6 +182,32 @@ def _scan_cluster() -> Cluster:
     return Cluster(pods=pods, nodes=nodes, policies=policies)
 
 
+def scan_rows(seed: int, n: int, extra: list[str]) -> list[tuple[str, str, int, int, str]]:
+    """``n`` NEW TCP packets between random pods of ``_scan_cluster`` and ``extra`` addresses,
+    to ports around its policies' ranges (8000-8016)."""
+    rng = np.random.default_rng(seed)
+    addrs = [f"10.0.{i // 200}.{i % 200 + 1}" for i in range(600)] + extra
+    return [
+        (addrs[rng.integers(len(addrs))], addrs[rng.integers(len(addrs))], 6,
+         int(rng.integers(7995, 8020)), "NEW")
+        for _ in range(n)
+    ]  # fmt: skip
+
+
+def assert_as_walked(
+    rs: Ruleset, engine: Engine, rows: list, ok: np.ndarray, decider: np.ndarray
+) -> None:
+    """The engine's verdicts and deciding rules for ``rows`` are the walker's, and the rows
+    are neither all allowed nor all dropped."""
+    walker = Walker(rs)
+    traces = [walker.walk(Packet.make(s, d, p, port)) for s, d, p, port, _ in rows]
+    assert ok.tolist() == [t.verdict == "ACCEPT" for t in traces]
+    assert [engine.rules[k][:2] if k >= 0 else None for k in decider] == [
+        (t.final.chain, t.final.index) if t.final else None for t in traces
+    ]
+    assert 0 < ok.sum() < len(rows)
+
+
 @pytest.mark.parametrize("wide", [False, True], ids=["listed", "searched-by-address"])
 def test_engine_indexes_dispatch_runs_and_survives_cache_turnover(
     wide: bool, monkeypatch: pytest.MonkeyPatch
@@ -198,23 +224,9 @@ def test_engine_indexes_dispatch_runs_and_survives_cache_turnover(
     engine = Engine(rs, cache_size=8, policy_index=False)
     assert bool(engine.classes.listed[:-1].any()) != wide
     assert (engine.program.op_kind == OP_RUN).sum() >= 2  # the egress and ingress dispatch
-    rng = np.random.default_rng(7)
-    addrs = [f"10.0.{i // 200}.{i % 200 + 1}" for i in range(600)] + [
-        "192.168.7.9", "192.168.8.9", "172.20.0.1", "172.20.0.3", "8.8.8.8"
-    ]  # fmt: skip
-    rows = [
-        (addrs[rng.integers(len(addrs))], addrs[rng.integers(len(addrs))], 6,
-         int(rng.integers(7995, 8020)), "NEW")
-        for _ in range(3000)
-    ]  # fmt: skip
+    rows = scan_rows(7, 3000, ["192.168.7.9", "192.168.8.9", "172.20.0.1", "172.20.0.3", "8.8.8.8"])
     fast, decider = engine.evaluate_explained(_batch(rows))
-    walker = Walker(rs)
-    traces = [walker.walk(Packet.make(s, d, p, port)) for s, d, p, port, _ in rows]
-    assert fast.tolist() == [t.verdict == "ACCEPT" for t in traces]
-    assert [engine.rules[k][:2] if k >= 0 else None for k in decider] == [
-        (t.final.chain, t.final.index) if t.final else None for t in traces
-    ]
-    assert 0 < fast.sum() < len(rows)
+    assert_as_walked(rs, engine, rows, fast, decider)
     indexed = Engine(rs, cache_size=8)
     by_index, decider_by_index = indexed.evaluate_explained(_batch(rows))
     assert (by_index == fast).all() and (decider_by_index == decider).all()

@@ -13,7 +13,7 @@ from dataplane.engine import Engine
 from dataplane.engine_kernel import peer_mask
 from dataplane.policy_index import PEER_BUCKET, hash_table
 
-from .test_engine import _batch, _scan_cluster
+from .test_engine import _batch, _scan_cluster, assert_as_walked, scan_rows
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["jit", "python"])
@@ -69,16 +69,9 @@ def test_wide_peer_sets_are_searched_and_agree_with_the_walker(
     """With no room in the peer table, every peer set is searched in the peer identity's
     membership list instead: the index still decides every packet, as the walk would."""
     from dataplane import policy_index
-    from dataplane.walker import Packet, Walker
 
     rs = lower(_scan_cluster())
-    rng = np.random.default_rng(11)
-    addrs = [f"10.0.{i // 200}.{i % 200 + 1}" for i in range(600)] + ["192.168.7.9", "192.168.8.9"]
-    rows = [
-        (addrs[rng.integers(len(addrs))], addrs[rng.integers(len(addrs))], 6,
-         int(rng.integers(7995, 8020)), "NEW")
-        for _ in range(2000)
-    ]  # fmt: skip
+    rows = scan_rows(11, 2000, ["192.168.7.9", "192.168.8.9"])
     listed = Engine(rs)
     monkeypatch.setattr(policy_index, "PAIR_BUDGET", 0)
     searched = Engine(rs)
@@ -87,13 +80,7 @@ def test_wide_peer_sets_are_searched_and_agree_with_the_walker(
     assert (searched.index.arrays[6][:, 0] != 0).sum() == 0  # ...and none: all searched
     ok, decider = searched.evaluate_explained(_batch(rows))
     assert searched.stats["indexed"] == len(rows)
-    walker = Walker(rs)
-    traces = [walker.walk(Packet.make(s, d, p, port)) for s, d, p, port, _ in rows]
-    assert ok.tolist() == [t.verdict == "ACCEPT" for t in traces]
-    assert [searched.rules[k][:2] if k >= 0 else None for k in decider] == [
-        (t.final.chain, t.final.index) if t.final else None for t in traces
-    ]
-    assert 0 < ok.sum() < len(rows)
+    assert_as_walked(rs, searched, rows, ok, decider)
 
 
 def test_budget_searches_the_widest_sets_first_and_drops_what_it_cannot_search(
