@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .policy_index import HASH_MUL, LEAVE, PEER_BUCKET, SEARCHED
 from .program import (
     C_ARG,
     C_HEADER,
@@ -42,7 +43,7 @@ from .program import (
 )
 
 MAX_DEPTH = 64  # iptables allows far less nesting than this
-_C1 = np.uint64(0x9E3779B97F4A7C15)
+_C1 = HASH_MUL
 _C2 = np.uint64(0xFF51AFD7ED558CCD)
 _S24 = np.uint64(24)
 _S32 = np.uint64(32)
@@ -56,8 +57,9 @@ _S58 = np.uint64(58)
 _ZERO = np.uint64(0)
 _TWO = np.uint64(2)
 _FOUR = np.uint64(4)
-_SEARCHED = np.uint64(1 << 62)  # policy_index._SEARCHED: the chain has searched peer sets
-_RECORD = np.uint64((1 << 62) - 1)
+_SEARCHED = np.uint64(SEARCHED)  # a policy chain's offset flag: it has searched peer sets
+_RECORD = np.uint64(SEARCHED - 1)
+assert PEER_BUCKET == 4  # peer_mask reads four slots
 # a set bit's position from its value: the de Bruijn sequence's top six bits after multiplying
 _DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)
 _BIT_AT = np.zeros(64, dtype=np.int8)
@@ -266,7 +268,7 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
             if at < 0:
                 continue
             drop = np.int64(rec[at + 1])
-            if drop == -2:
+            if drop == LEAVE:
                 undecided = True
                 break
             if rec[at + 2] == 1:

@@ -22,7 +22,9 @@ Every lookup is independent of the rule count. The index is built only when the 
 shape, rule for rule (else it is off and says why); a packet that reaches a part it could not
 summarise (a per-pod chain of another shape, or one that jumps to a policy chain with a peer
 set searched by address) falls back to the cache and the walk. Either way the answer, verdict
-and deciding rule, is the walk's.
+and deciding rule, is the walk's. The peer table has a budget (``PAIR_BUDGET``): past it, the
+widest peer sets are tested in the peer identity's membership list (``dataplane.classes``)
+instead of listed pair by pair.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from .program import (
 MAX_ATOMS = 64  # one uint64 mask per (policy chain, peer identity)
 PEER_BUCKET = 4  # peer-table slots per hash (2 words each: one cache line)
 PAIR_BUDGET = 1 << 22  # (policy chain, peer identity) pairs in the peer table: 128 MiB at most
-_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # the tables' hash, here and in the kernel
 
 
 @dataclass
@@ -77,7 +79,7 @@ def _fill(
     move one slot on (numpy, so building needs no compiled kernel: start-up stays short)."""
     mask = np.uint64(table.shape[0] - 1)
     with np.errstate(over="ignore"):
-        at = ((words * _HASH_MUL) >> shift) * np.uint64(bucket)
+        at = ((words * HASH_MUL) >> shift) * np.uint64(bucket)
     todo = np.arange(len(rows))
     while len(todo):
         free = table[at[todo], 0] == 0
@@ -190,11 +192,11 @@ def _off_arrays() -> tuple[np.ndarray, ...]:
 #   self addresses n, n x (family, hi, lo), policy chains n, n x (policy record offset, atoms
 #   any peer may use, atoms this pod may use: those whose own-side set it is in).
 # A policy chain's record: atoms n, n x atom, then, when its offset in the pod records carries
-# _SEARCHED, peer sets n, n x (set, atoms its members may use): the peers searched for in the
+# SEARCHED, peer sets n, n x (set, atoms its members may use): the peers searched for in the
 # peer identity's membership list rather than listed in the peer table.
 # atom = family | (protocol + 1) << 8 | (port low + 1) << 24 | port high << 48.
-_SEARCHED = 1 << 62
-_LEAVE = -2
+SEARCHED = 1 << 62
+LEAVE = -2
 
 
 def _build(r: _Reader, classes: Classes) -> PolicyIndex:
@@ -272,9 +274,9 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
     records: list[int] = []
     peer_keys: list[np.ndarray] = []
     peer_bits: list[np.ndarray] = []
-    policy_at: dict[int, int] = {}
-    policy_any: dict[int, int] = {}
-    policy_own: dict[int, tuple[int, list[tuple[int, int]]]] = {}  # atoms without own set, others
+    # per summarised policy chain: (record offset | SEARCHED when it has searched peer sets,
+    # atoms any peer may use, atoms without an own-side set, [(atom bit, own-side set)])
+    policy_entry: dict[int, tuple[int, int, int, list[tuple[int, int]]]] = {}
     summaries = {}
     for pc, side in policy_side.items():
         summary = _policy_chain(r, pc, side, mark) if side >= 0 else None
@@ -282,10 +284,7 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
             summaries[pc] = summary
     searched = _within_budget(summaries)
     for pc, (any_mask, atoms, peers) in summaries.items():
-        at = policy_at[pc] = len(records)
-        policy_any[pc] = any_mask
-        free = sum(1 << bit for bit, atom in enumerate(atoms) if atom[4] < 0)
-        policy_own[pc] = (free, [(bit, atom[4]) for bit, atom in enumerate(atoms) if atom[4] >= 0])
+        at = len(records)
         records.append(len(atoms))
         for fam, proto, lo, hi, _own in atoms:
             records.append(fam | (proto + 1) << 8 | (lo + 1) << 24 | max(hi, 0) << 48)
@@ -297,10 +296,12 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
                 peer_keys.append(((at + 1) << 32) | idents.astype(np.int64))
                 peer_bits.append(np.full(len(idents), 1 << bit, dtype=np.uint64))
         if by_set:
-            policy_at[pc] |= _SEARCHED
             records.append(len(by_set))
             for peer_set, bits in by_set.items():
                 records.extend((peer_set, bits))
+        free = sum(1 << bit for bit, atom in enumerate(atoms) if atom[4] < 0)
+        owned = [(bit, atom[4]) for bit, atom in enumerate(atoms) if atom[4] >= 0]
+        policy_entry[pc] = (at | (SEARCHED if by_set else 0), any_mask, free, owned)
     # each dispatch rule names one address (a host set), so the address is an identity of its
     # own: the kernel goes from the packet's identities straight to the records, and an atom's
     # own-side set is tested here, once per pod
@@ -316,8 +317,12 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
                 continue
             ident_row[ident, 4 + side] = len(records) + 1
             shape = pods[int(p.r_jump[k])]
-            if shape is None or shape[0] != 1 - side or any(pc not in policy_at for pc in shape[2]):
-                records.extend((k, _LEAVE & _MASK64, 0, 0, 0))
+            if (
+                shape is None
+                or shape[0] != 1 - side
+                or any(pc not in policy_entry for pc in shape[2])
+            ):
+                records.extend((k, LEAVE & _MASK64, 0, 0, 0))
                 continue
             other, selves, jumps, _, drop = shape
             records.extend((k, drop, other, len(selves)))
@@ -325,13 +330,13 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
                 records.extend(t)
             records.append(len(jumps))
             for pc in jumps:
-                free, owned = policy_own[pc]
+                at, any_mask, free, owned = policy_entry[pc]
                 for bit, own in owned:
                     if own not in members:
                         members[own] = set(r.members(own).tolist())
                     if ident in members[own]:
                         free |= 1 << bit
-                records.extend((policy_at[pc], policy_any[pc], free))
+                records.extend((at, any_mask, free))
 
     if peer_keys:
         keys = np.concatenate(peer_keys).astype(np.uint64)

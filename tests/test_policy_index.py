@@ -11,7 +11,7 @@ from compiler.lower import lower
 from compiler.tables import AddrMatch, Chain, Rule
 from dataplane.engine import Engine
 from dataplane.engine_kernel import peer_mask
-from dataplane.policy_index import PEER_BUCKET, hash_table
+from dataplane.policy_index import HASH_MUL, PEER_BUCKET, hash_table
 
 from .test_engine import _batch, _scan_cluster, assert_as_walked, scan_rows
 
@@ -26,7 +26,7 @@ def test_peer_table_finds_every_key_and_no_other(compiled: bool) -> None:
     table, shift = hash_table(keys, np.stack([keys, masks], axis=1), 2, PEER_BUCKET)
     assert (table[:, 0] != 0).sum() == len(keys) and len(table) <= 4 * len(keys)
     with np.errstate(over="ignore"):
-        home = ((keys * np.uint64(0x9E3779B97F4A7C15)) >> shift[0]) << np.uint64(2)
+        home = ((keys * HASH_MUL) >> shift[0]) << np.uint64(2)
     where = {int(k): i for i, k in enumerate(table[:, 0])}
     overflowed = sum(not (h <= where[int(k)] < h + 4) for k, h in zip(keys, home, strict=True))
     assert overflowed > 10  # the reader's path past a full bucket is exercised
