@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .policy_index import HASH_MUL, LEAVE, PEER_BUCKET, SEARCHED
+from .policy_index import BLOCK_BITS, FILTER_BLOCK, HASH_MUL, LEAVE, PEER_BUCKET, SEARCHED
+from .popcount import popcount
 from .program import (
     C_ARG,
     C_HEADER,
@@ -58,7 +59,8 @@ _ZERO = np.uint64(0)
 _TWO = np.uint64(2)
 _FOUR = np.uint64(4)
 _SEARCHED = np.uint64(SEARCHED)  # a policy chain's offset flag: it has searched peer sets
-_RECORD = np.uint64(SEARCHED - 1)
+_RECORD = np.uint64(0xFFFFFFFF)  # a policy chain's record offset, in the low 32 bits...
+_CHAIN = np.uint64((1 << 30) - 1)  # ...and its number in the 30 above
 assert PEER_BUCKET == 4  # peer_mask reads four slots
 # a set bit's position from its value: the de Bruijn sequence's top six bits after multiplying
 _DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)
@@ -189,6 +191,23 @@ def peer_mask(table, shift, w):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def filter_mask(pfilter, pmask, row, ident):
+    """The mask listed for ``ident`` in row ``row`` of a ``policy_index`` peer filter, or 0:
+    its bit, and when set, the mask at the block's rank plus the set bits before it."""
+    o = np.int64(ident)
+    base = (o // BLOCK_BITS) * FILTER_BLOCK
+    within = o % BLOCK_BITS
+    word = pfilter[row, base + 1 + (within >> 6)]
+    b = np.uint64(within & 63)
+    if (word >> b) & _ONE == 0:
+        return _ZERO
+    r = pfilter[row, base] + popcount(word & ((_ONE << b) - _ONE))
+    for j in range(within >> 6):
+        r += popcount(pfilter[row, base + 1 + j])
+    return pmask[np.int64(r)]
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counters, stack, fam,
             sid, did, shi, slo, dhi, dlo, pr, dp, c):  # fmt: skip
     """(accepted, deciding rule or -1) for one packet. ``cache_vals[i] == 0`` marks an empty
@@ -238,7 +257,8 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
 
     # -- the policy index (dataplane.policy_index) --------------------------------------
     if index[0][0] == 1:
-        _on, ct_rule, ct_ok, ident_row, ex_rule, rec, ptab, pshift = index
+        (_on, ct_rule, ct_ok, ident_row, ex_rule, rec, ptab, pshift, pfilter, pmask, port_row,
+         port_key, admit) = index  # fmt: skip
         k = ct_rule[c]
         if k >= 0:
             counters[4] += 1
@@ -263,6 +283,7 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
         if r0 == 0 or (r1 != 0 and rec[r1 - 1] < rec[r0 - 1]):
             r0, r1 = r1, r0
         undecided = False
+        kk = -1  # the packet's port key for the admit table, once needed
         for step in range(2):
             at = (r0 if step == 0 else r1) - 1
             if at < 0:
@@ -291,8 +312,12 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
                 qw = rec[at + 3 * t]
                 q = np.int64(qw & _RECORD)
                 m = rec[at + 3 * t + 1]
-                w = (np.uint64(q + 1) << _S32) | np.uint64(oid)
-                m |= peer_mask(ptab, pshift, w)
+                cno = np.int64((qw >> _S32) & _CHAIN)
+                if cno < pfilter.shape[0]:
+                    m |= filter_mask(pfilter, pmask, cno, oid)
+                else:
+                    w = (np.uint64(q + 1) << _S32) | np.uint64(oid)
+                    m |= peer_mask(ptab, pshift, w)
                 if qw & _SEARCHED != 0:  # peer sets too wide to list, in oid's memberships
                     s_at = q + 1 + np.int64(rec[q])
                     first = mem_off[oid]
@@ -304,6 +329,12 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
                             m |= rec[s_at + 2 + 2 * j]
                 # only the atoms this peer and this pod may use (their bits): usually none
                 m &= rec[at + 3 * t + 2]
+                if admit.shape[0] > 0:  # the atoms this packet satisfies, in one word
+                    if m != 0:
+                        if kk < 0:
+                            kk = port_key[port_row[1 if fam == 6 else 0, pr], port_class[dp]]
+                        allowed = m & admit[kk, cno] != 0
+                    continue
                 while m != 0 and not allowed:
                     low = m & (~m + _ONE)
                     m ^= low

@@ -13,18 +13,27 @@ that depends on the one before. For tables of the shape ``compiler.lower`` produ
 - a per-pod chain RETURNs for its own address, else when one of its policy chains sets the
   allow mark, else it DROPs; a policy chain sets the mark when one of its rules matches, and its
   rules differ only in the peer identities they accept and in a few (family, protocol, port range,
-  own-side set) *atoms*. So each policy chain gets a hash table from the peer identity to a
-  bitmask of the atoms that identity may use, plus the mask every identity may use; the pod's
-  own address decides the own-side sets once, when its record is built (a mask of the atoms the
-  pod may use). The hash table keeps four slots in a cache line, compared without branching.
+  own-side set) *atoms*. So each policy chain gets the bitmask of atoms each peer identity may
+  use, plus the mask every identity may use; the pod's own address decides the own-side sets
+  once, when its record is built (a mask of the atoms the pod may use). The peer masks are
+  listed in a *peer filter*: a row of bits per policy chain, one per identity, in cache-line
+  blocks that start with the number of masks before them, so a set bit's mask sits at that
+  rank plus the set bits before it in its block. Most lookups find the bit clear and read one
+  line. Chains the filter has no room for keep their masks in a hash table of four-slot
+  buckets, compared without branching;
+- whether the packet satisfies an atom depends only on its family, protocol and port class:
+  each (family, protocol, port class) has a *port key*, and a table gives, per port key and
+  policy chain, the atoms such a packet satisfies. An allowed peer is then one AND away.
 
 Every lookup is independent of the rule count. The index is built only when the Program has that
 shape, rule for rule (else it is off and says why); a packet that reaches a part it could not
 summarise (a per-pod chain of another shape, or one that jumps to a policy chain with a peer
 set searched by address) falls back to the cache and the walk. Either way the answer, verdict
-and deciding rule, is the walk's. The peer table has a budget (``PAIR_BUDGET``): past it, the
+and deciding rule, is the walk's. The listed pairs have a budget (``PAIR_BUDGET``): past it, the
 widest peer sets are tested in the peer identity's membership list (``dataplane.classes``)
-instead of listed pair by pair.
+instead of listed pair by pair; the filter (``FILTER_BUDGET``) and the admit table
+(``ADMIT_BUDGET``) have budgets too, past which chains keep their masks in the hash table and
+the kernel visits the atoms one by one.
 """
 
 from __future__ import annotations
@@ -50,8 +59,13 @@ from .program import (
 
 MAX_ATOMS = 64  # one uint64 mask per (policy chain, peer identity)
 PEER_BUCKET = 4  # peer-table slots per hash (2 words each: one cache line)
-PAIR_BUDGET = 1 << 22  # (policy chain, peer identity) pairs in the peer table: 128 MiB at most
+PAIR_BUDGET = 1 << 22  # (policy chain, peer identity) pairs listed, in the filter or the table
 HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # the tables' hash, here and in the kernel
+FILTER_BUDGET = 1 << 25  # bytes of the peer filter (one bit per policy chain x identity)
+FILTER_BLOCK = 8  # words per filter block (a cache line): the rank word, then the row's bits
+BLOCK_BITS = 64 * (FILTER_BLOCK - 1)
+ADMIT_BUDGET = 1 << 26  # bytes of the admit table (a word per port key x policy chain)
+PORT_PROTOCOLS = (6, 17, 132)  # TCP, UDP, SCTP: the protocols whose atoms may name ports
 
 
 @dataclass
@@ -69,6 +83,27 @@ class PolicyIndex:
     @property
     def enabled(self) -> bool:
         return not self.reason
+
+    @property
+    def filter_rows(self) -> int:
+        """Policy chains the peer filter has a row for."""
+        return int(self.arrays[8].shape[0])
+
+    @property
+    def pairs(self) -> tuple[int, int]:
+        """(policy chain, peer identity) pairs listed: (in the filter, in the peer table)."""
+        filtered = sum(_popcount(row[w::FILTER_BLOCK]) for row in self.arrays[8]
+                       for w in range(1, FILTER_BLOCK))  # fmt: skip
+        return filtered, int((self.arrays[6][:, 0] != 0).sum())
+
+    @property
+    def admit_keys(self) -> int:
+        """Port keys in the admit table (0: off, atoms are visited one by one)."""
+        return int(self.arrays[12].shape[0])
+
+
+def _popcount(words: np.ndarray) -> int:
+    return int(np.unpackbits(np.ascontiguousarray(words).view(np.uint8)).sum())
 
 
 def _fill(
@@ -184,13 +219,19 @@ def _off_arrays() -> tuple[np.ndarray, ...]:
         np.zeros(1, dtype=np.int32),  # exemption rules
         np.zeros(1, dtype=np.uint64),  # records
         np.zeros((2, 2), dtype=np.uint64), np.ones(1, dtype=np.uint64),  # peer table
+        np.zeros((0, 1), dtype=np.uint64), np.zeros(1, dtype=np.uint64),  # peer filter, masks
+        np.zeros((2, 256), dtype=np.uint8), np.zeros((8, 1), dtype=np.int32),  # port keys
+        np.zeros((0, 1), dtype=np.uint64),  # admit table
     )  # fmt: skip
 
 
 # A per-pod chain's record (one per dispatch rule) in ``records``:
 #   dispatch rule, DROP rule (-2: leave the packet to the walk), other side (0 src, 1 dst),
-#   self addresses n, n x (family, hi, lo), policy chains n, n x (policy record offset, atoms
-#   any peer may use, atoms this pod may use: those whose own-side set it is in).
+#   self addresses n, n x (family, hi, lo), policy chains n, n x (policy record offset | chain
+#   number << 32 | SEARCHED, atoms any peer may use, atoms this pod may use: those whose
+#   own-side set it is in). The chain number is the peer filter's row and the admit table's
+#   column; chains are numbered narrowest first, so the filter's rows go to those it rules out
+#   most often.
 # A policy chain's record: atoms n, n x atom, then, when its offset in the pod records carries
 # SEARCHED, peer sets n, n x (set, atoms its members may use): the peers searched for in the
 # peer identity's membership list rather than listed in the peer table.
@@ -274,8 +315,9 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
     records: list[int] = []
     peer_keys: list[np.ndarray] = []
     peer_bits: list[np.ndarray] = []
-    # per summarised policy chain: (record offset | SEARCHED when it has searched peer sets,
-    # atoms any peer may use, atoms without an own-side set, [(atom bit, own-side set)])
+    # per summarised policy chain: (record offset | chain number << 32 | SEARCHED when it has
+    # searched peer sets, atoms any peer may use, atoms without an own-side set,
+    # [(atom bit, own-side set)])
     policy_entry: dict[int, tuple[int, int, int, list[tuple[int, int]]]] = {}
     summaries = {}
     for pc, side in policy_side.items():
@@ -283,6 +325,12 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
         if summary is not None:
             summaries[pc] = summary
     searched = _within_budget(summaries)
+    width = {pc: sum(len(e[1]) for e in s[2]) for pc, s in summaries.items()}
+    number = {pc: i for i, pc in enumerate(sorted(summaries, key=lambda pc: (width[pc], pc)))}
+    row_blocks = (n_ident + BLOCK_BITS - 1) // BLOCK_BITS
+    n_rows = min(len(summaries), FILTER_BUDGET // (8 * FILTER_BLOCK * row_blocks))
+    filter_pos: list[np.ndarray] = []
+    filter_bits: list[np.ndarray] = []
     for pc, (any_mask, atoms, peers) in summaries.items():
         at = len(records)
         records.append(len(atoms))
@@ -292,6 +340,9 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
         for j, (bit, idents, peer_set) in enumerate(peers):
             if (pc, j) in searched:
                 by_set[peer_set] = by_set.get(peer_set, 0) | 1 << bit
+            elif number[pc] < n_rows:
+                filter_pos.append(number[pc] * row_blocks * BLOCK_BITS + idents.astype(np.int64))
+                filter_bits.append(np.full(len(idents), 1 << bit, dtype=np.uint64))
             else:
                 peer_keys.append(((at + 1) << 32) | idents.astype(np.int64))
                 peer_bits.append(np.full(len(idents), 1 << bit, dtype=np.uint64))
@@ -301,7 +352,14 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
                 records.extend((peer_set, bits))
         free = sum(1 << bit for bit, atom in enumerate(atoms) if atom[4] < 0)
         owned = [(bit, atom[4]) for bit, atom in enumerate(atoms) if atom[4] >= 0]
-        policy_entry[pc] = (at | (SEARCHED if by_set else 0), any_mask, free, owned)
+        if at >= 1 << 32 or number[pc] >= 1 << 30:
+            raise _Shape("the policy chains' records exceed the index's 32-bit offsets")
+        policy_entry[pc] = (
+            at | number[pc] << 32 | (SEARCHED if by_set else 0),
+            any_mask,
+            free,
+            owned,
+        )
     # each dispatch rule names one address (a host set), so the address is an identity of its
     # own: the kernel goes from the packet's identities straight to the records, and an atom's
     # own-side set is tested here, once per pod
@@ -338,16 +396,8 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
                         free |= 1 << bit
                 records.extend((at, any_mask, free))
 
-    if peer_keys:
-        keys = np.concatenate(peer_keys).astype(np.uint64)
-        bits = np.concatenate(peer_bits)
-        order = np.argsort(keys, kind="stable")
-        keys, bits = keys[order], bits[order]
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        peer_rows = np.stack([keys[starts], np.bitwise_or.reduceat(bits, starts)], axis=1)
-    else:
-        peer_rows = np.zeros((0, 2), dtype=np.uint64)
-    peer_table = hash_table(peer_rows[:, 0], peer_rows, 2, PEER_BUCKET)
+    keys, masks = _merged(peer_keys, peer_bits)
+    peer_table = hash_table(keys, np.stack([keys, masks], axis=1), 2, PEER_BUCKET)
 
     src_off, src_rules = _flatten(ex_src)
     dst_off, dst_rules = _flatten(ex_dst)
@@ -368,6 +418,8 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
         ex_rules if len(ex_rules) else np.zeros(1, dtype=np.int32),
         np.array(records, dtype=np.uint64) if records else np.zeros(1, dtype=np.uint64),
         *peer_table,
+        *_ranked_filter(*_merged(filter_pos, filter_bits), n_rows, row_blocks),
+        *_admit_table([summaries[pc][1] for pc in sorted(summaries, key=number.get)], classes),
     )
     return PolicyIndex("", arrays)
 
@@ -393,6 +445,45 @@ def identities_of(classes: Classes, addresses: list[tuple[int, int, int]]) -> np
         pos = np.searchsorted(starts, wanted, side="right")
         out[at] = classes.id_of[a + pos - 1]
     return out
+
+
+def _merged(keys: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys, ascending, each with the OR of its masks (uint64 both)."""
+    if not keys:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    k = np.concatenate(keys).astype(np.uint64)
+    m = np.concatenate(masks)
+    order = np.argsort(k, kind="stable")
+    k, m = k[order], m[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    return k[starts], np.bitwise_or.reduceat(m, starts)
+
+
+def _ranked_filter(
+    positions: np.ndarray, masks: np.ndarray, n_rows: int, row_blocks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The peer filter: per policy chain, a row of ``row_blocks`` blocks of ``FILTER_BLOCK``
+    words, each block the number of pairs before it (its rank), then ``BLOCK_BITS`` bits, one
+    per identity; and the pairs' masks in position order. A set bit's mask is at the block's
+    rank plus the set bits before it in the block, so the kernel reads one cache line of the
+    filter and, for a listed peer, one mask."""
+    words = np.zeros(n_rows * row_blocks * FILTER_BLOCK, dtype=np.uint64)
+    block = positions // np.uint64(BLOCK_BITS)
+    at = (
+        block * np.uint64(FILTER_BLOCK)
+        + np.uint64(1)
+        + (positions % np.uint64(BLOCK_BITS)) // np.uint64(64)
+    )
+    if len(at):
+        starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
+        bits = np.left_shift(np.uint64(1), positions & np.uint64(63))
+        words[at[starts]] = np.bitwise_or.reduceat(bits, starts)
+    first = np.arange(n_rows * row_blocks, dtype=np.uint64) * np.uint64(BLOCK_BITS)
+    words[::FILTER_BLOCK] = np.searchsorted(positions, first)
+    return (
+        words.reshape(n_rows, row_blocks * FILTER_BLOCK),
+        masks if len(masks) else np.zeros(1, dtype=np.uint64),
+    )
 
 
 def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -526,3 +617,47 @@ def _within_budget(
         del summaries[pc]
         total -= n
     return searched
+
+
+def _admit_table(
+    chain_atoms: list[list[tuple[int, int, int, int, int]]], classes: Classes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(port key of each (family, protocol, port class), admit[port key, chain]: the atoms of
+    the chain numbered ``chain`` that a packet of that key satisfies). A packet's family,
+    protocol and port class decide its port key, ``(family == 6) * 4 + protocol slot`` (TCP,
+    UDP, SCTP, any other) by port class; keys with the same answer for every atom are one.
+    Off (no rows) when an atom names another protocol or the table would exceed its budget."""
+    off = (
+        np.zeros((2, 256), dtype=np.uint8),
+        np.zeros((8, 1), dtype=np.int32),
+        np.zeros((0, 1), dtype=np.uint64),
+    )
+    flat = [(c, bit, a[:4]) for c, atoms in enumerate(chain_atoms) for bit, a in enumerate(atoms)]
+    if not flat or any(a[1] not in (-1, *PORT_PROTOCOLS) for _, _, a in flat):
+        return off
+    distinct = sorted({a for _, _, a in flat})
+    gid = {a: i for i, a in enumerate(distinct)}
+    fam, proto, lo, hi = (np.array(col, dtype=np.int64) for col in zip(*distinct, strict=True))
+    n_pc = int(classes.port_class.max()) + 1
+    _, first_port = np.unique(classes.port_class, return_index=True)
+    # satisfied[family slot, protocol slot, port class, atom]
+    satisfied = np.zeros((2, 4, n_pc, len(distinct)), dtype=bool)
+    for fs, f in enumerate((4, 6)):
+        for ps, pr in enumerate((*PORT_PROTOCOLS, -2)):
+            ok_port = (lo[None, :] < 0) | (
+                (pr >= 0) & (lo[None, :] <= first_port[:, None]) & (first_port[:, None] <= hi)
+            )
+            satisfied[fs, ps] = ((fam == 0) | (fam == f)) & ((proto < 0) | (proto == pr)) & ok_port
+    keys, key_of = np.unique(satisfied.reshape(8 * n_pc, -1), axis=0, return_inverse=True)
+    if len(keys) * len(chain_atoms) * 8 > ADMIT_BUDGET:
+        return off
+    chain = np.array([c for c, _, _ in flat], dtype=np.int64)
+    bits = np.left_shift(np.uint64(1), np.array([b for _, b, _ in flat], dtype=np.uint64))
+    ids = np.array([gid[a] for _, _, a in flat], dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, chain[1:] != chain[:-1]])
+    admit = np.zeros((len(keys), len(chain_atoms)), dtype=np.uint64)
+    admit[:, chain[starts]] = np.bitwise_or.reduceat(keys[:, ids] * bits, starts, axis=1)
+    port_row = np.full((2, 256), 3, dtype=np.uint8)
+    port_row[:, list(PORT_PROTOCOLS)] = range(len(PORT_PROTOCOLS))
+    port_row[1] += 4
+    return port_row, key_of.reshape(8, n_pc).astype(np.int32), admit

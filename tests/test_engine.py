@@ -85,6 +85,15 @@ def test_engine_agrees_with_walker(cluster: Cluster, data: st.DataObject) -> Non
         searching = Engine(rs)
     by_search, decider_by_search = searching.evaluate_explained(batch, ct)
     assert (by_search == fast).all() and (decider_by_search == decider).all()
+    # and with neither the peer filter nor the admit table: every probe made, every atom visited
+    with (
+        mock.patch.object(policy_index, "FILTER_BUDGET", 0),
+        mock.patch.object(policy_index, "ADMIT_BUDGET", 0),
+    ):
+        one_by_one = Engine(rs)
+    assert not one_by_one.index.filter_rows and not one_by_one.index.admit_keys
+    by_atom, decider_by_atom = one_by_one.evaluate_explained(batch, ct)
+    assert (by_atom == fast).all() and (decider_by_atom == decider).all()
     traces = [walker.walk(Packet.make(s, d, p, port, state)) for s, d, p, port, state in rows]
     slow = np.array([t.verdict == "ACCEPT" for t in traces])
     mismatch = np.flatnonzero(fast != slow)

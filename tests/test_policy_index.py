@@ -10,8 +10,8 @@ import pytest
 from compiler.lower import lower
 from compiler.tables import AddrMatch, Chain, Rule
 from dataplane.engine import Engine
-from dataplane.engine_kernel import peer_mask
-from dataplane.policy_index import HASH_MUL, PEER_BUCKET, hash_table
+from dataplane.engine_kernel import filter_mask, peer_mask
+from dataplane.policy_index import BLOCK_BITS, HASH_MUL, PEER_BUCKET, hash_table
 
 from .test_engine import _batch, _scan_cluster, assert_as_walked, scan_rows
 
@@ -35,6 +35,25 @@ def test_peer_table_finds_every_key_and_no_other(compiled: bool) -> None:
         assert [int(read(table, shift, k)) for k in keys] == masks.tolist()
         absent = [k for k in rng.integers(1, 2**40, size=500, dtype=np.uint64) if k not in where]
         assert all(read(table, shift, k) == 0 for k in absent)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["jit", "python"])
+def test_peer_filter_finds_every_pair_and_no_other(compiled: bool) -> None:
+    """Pairs scattered over rows of several blocks, each with its own mask: the reader finds
+    each pair's mask from its block's rank and the bits before it, and 0 for any other."""
+    from dataplane.policy_index import _ranked_filter
+
+    rng = np.random.default_rng(5)
+    n_rows, row_blocks = 3, 4
+    width = row_blocks * BLOCK_BITS
+    positions = np.unique(rng.integers(0, n_rows * width, size=2000, dtype=np.uint64))
+    masks = rng.integers(1, 2**63, size=len(positions), dtype=np.uint64)
+    pfilter, pmask = _ranked_filter(positions, masks, n_rows, row_blocks)
+    read = filter_mask if compiled else filter_mask.py_func
+    listed = dict(zip(positions.tolist(), masks.tolist(), strict=True))
+    for pos in range(n_rows * width):
+        row, ident = divmod(pos, width)
+        assert int(read(pfilter, pmask, row, ident)) == listed.get(pos, 0), pos
 
 
 def test_index_turns_off_for_tables_of_another_shape_and_engine_still_agrees() -> None:
@@ -76,8 +95,8 @@ def test_wide_peer_sets_are_searched_and_agree_with_the_walker(
     monkeypatch.setattr(policy_index, "PAIR_BUDGET", 0)
     searched = Engine(rs)
     assert searched.index.enabled
-    assert (listed.index.arrays[6][:, 0] != 0).sum() > 1000  # pairs in the table...
-    assert (searched.index.arrays[6][:, 0] != 0).sum() == 0  # ...and none: all searched
+    assert sum(listed.index.pairs) > 1000  # pairs listed...
+    assert searched.index.pairs == (0, 0)  # ...and none: all searched
     ok, decider = searched.evaluate_explained(_batch(rows))
     assert searched.stats["indexed"] == len(rows)
     assert_as_walked(rs, searched, rows, ok, decider)
@@ -101,3 +120,99 @@ def test_budget_searches_the_widest_sets_first_and_drops_what_it_cannot_search(
     kept = dict(summaries)
     assert policy_index._within_budget(kept) == {(10, 0), (10, 1)}
     assert set(kept) == {10, 30}  # 38 pairs left after searching: the widest chain goes
+
+
+def test_peer_filter_lists_each_pair_once_with_its_rank_narrowest_chains_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The filter has a bit per (policy chain, peer identity) pair, and each block starts with
+    the number of pairs before it (where its masks start); the peer table keeps only the chains
+    without a row. On a budget of one row, the row is the narrowest chain's, and the answers
+    stay the walker's."""
+    from dataplane import policy_index
+    from dataplane.policy_index import FILTER_BLOCK
+
+    rs = lower(_scan_cluster())
+    monkeypatch.setattr(policy_index, "FILTER_BUDGET", 0)
+    unfiltered = Engine(rs)
+    keys = unfiltered.index.arrays[6][:, 0]
+    _, widths = np.unique(keys[keys != 0] >> np.uint64(32), return_counts=True)
+    assert unfiltered.index.filter_rows == 0 and unfiltered.index.pairs == (0, widths.sum())
+    monkeypatch.undo()
+
+    full = Engine(rs)
+    assert full.index.filter_rows == len(widths) > 1 and full.index.pairs == (widths.sum(), 0)
+    blocks = full.index.arrays[8].reshape(-1, FILTER_BLOCK)
+    per_block = np.unpackbits(blocks[:, 1:].copy().view(np.uint8), axis=1).sum(axis=1)
+    assert blocks[:, 0].tolist() == np.r_[0, np.cumsum(per_block)[:-1]].tolist()  # the ranks
+    per_row = per_block.reshape(len(widths), -1).sum(axis=1)
+    assert sorted(per_row.tolist()) == sorted(widths.tolist())
+    assert len(full.index.arrays[9]) == widths.sum()  # a mask per pair
+
+    row_bytes = full.index.arrays[8].nbytes // len(widths)
+    monkeypatch.setattr(policy_index, "FILTER_BUDGET", row_bytes)
+    one_row = Engine(rs)
+    assert one_row.index.filter_rows == 1
+    assert one_row.index.pairs == (widths.min(), widths.sum() - widths.min())
+    rows = scan_rows(12, 2000, ["192.168.7.9", "192.168.8.9"])
+    for engine in (full, one_row):
+        ok, decider = engine.evaluate_explained(_batch(rows))
+        assert engine.stats["indexed"] == len(rows)
+        assert_as_walked(rs, engine, rows, ok, decider)
+
+
+def _satisfies(atom: tuple[int, int, int, int, int], fam: int, proto: int, port: int) -> bool:
+    """A rule's family, -p and --dport matches, as netfilter reads them."""
+    a_fam, a_proto, lo, hi, _ = atom
+    if a_fam not in (0, fam) or a_proto not in (-1, proto):
+        return False
+    return lo < 0 or (proto in (6, 17, 132) and lo <= port <= hi)
+
+
+def test_admit_table_gives_the_atoms_each_packet_satisfies() -> None:
+    """For every family, protocol and port, the admit table's word for each chain is the set of
+    its atoms the packet satisfies."""
+    from types import SimpleNamespace
+
+    from dataplane.policy_index import _admit_table
+
+    chains = [
+        [(0, 6, 80, 80, -1), (0, 17, 53, 53, -1), (4, 132, 3000, 3999, -1)],
+        [(0, -1, -1, -1, -1)],  # every protocol and port
+        [(6, 6, -1, -1, -1), (0, 6, 8000, 8080, 7), (0, 6, 8080, 9000, -1)],
+        [],
+        [(4, -1, 80, 80, -1), (0, 17, 0, 65535, -1)],  # a port without a protocol
+    ]
+    cuts = np.zeros(65537, dtype=np.int64)
+    for atoms in chains:
+        for _, _, lo, hi, _ in atoms:
+            if lo >= 0:
+                cuts[lo] = cuts[hi + 1] = 1
+    port_class = (np.cumsum(cuts[:65536]) - cuts[0]).astype(np.int32)
+    port_row, port_key, admit = _admit_table(chains, SimpleNamespace(port_class=port_class))
+    assert admit.shape[1] == len(chains) and len(admit) < 8 * (port_class.max() + 1)
+    bounds = [p for atoms in chains for _, _, lo, hi, _ in atoms for p in (lo, hi) if p >= 0]
+    ports = sorted({0, 65535} | {p + d for p in bounds for d in (-1, 0, 1)} - {-1, 65536})
+    for fam in (4, 6):
+        for proto in (6, 17, 132, 1, 58, 47):
+            for port in ports:
+                key = port_key[port_row[int(fam == 6), proto], port_class[port]]
+                for c, atoms in enumerate(chains):
+                    want = sum(
+                        1 << b for b, a in enumerate(atoms) if _satisfies(a, fam, proto, port)
+                    )
+                    assert int(admit[key, c]) == want, (fam, proto, port, c)
+
+
+def test_admit_table_is_off_past_its_budget_or_for_another_protocol(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from dataplane import policy_index
+
+    classes = SimpleNamespace(port_class=np.zeros(65536, dtype=np.int32))
+    assert len(policy_index._admit_table([[(0, 6, -1, -1, -1)]], classes)[2]) == 2  # TCP, other
+    assert len(policy_index._admit_table([[(0, 1, -1, -1, -1)]], classes)[2]) == 0  # ICMP atom
+    monkeypatch.setattr(policy_index, "ADMIT_BUDGET", 8)
+    assert len(policy_index._admit_table([[(0, 6, -1, -1, -1)]], classes)[2]) == 0
