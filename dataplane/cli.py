@@ -187,7 +187,6 @@ def run_replay(
     output: str,
     write_allowed: str | None = None,
     write_dropped: str | None = None,
-    strict: bool = False,
     chunk: int = 65536,
     out: Any = None,
 ) -> Any:
