@@ -622,16 +622,13 @@ def _within_budget(
 def _admit_table(
     chain_atoms: list[list[tuple[int, int, int, int, int]]], classes: Classes
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(port key of each (family, protocol, port class), admit[port key, chain]: the atoms of
-    the chain numbered ``chain`` that a packet of that key satisfies). A packet's family,
-    protocol and port class decide its port key, ``(family == 6) * 4 + protocol slot`` (TCP,
-    UDP, SCTP, any other) by port class; keys with the same answer for every atom are one.
-    Off (no rows) when an atom names another protocol or the table would exceed its budget."""
-    off = (
-        np.zeros((2, 256), dtype=np.uint8),
-        np.zeros((8, 1), dtype=np.int32),
-        np.zeros((0, 1), dtype=np.uint64),
-    )
+    """(row[family is IPv6, protocol], key[row, port class], admit[key, chain]): a packet's
+    family and protocol pick a row (IPv4 or IPv6 x TCP, UDP, SCTP or any other), the row and
+    its port class its port key, and the key and a chain's number the atoms of that chain such
+    a packet satisfies. Keys with the same answer for every atom are one. Off (no keys) when an
+    atom names another protocol, or when the table, or working it out, would exceed
+    ``ADMIT_BUDGET``."""
+    off = _off_arrays()[10:]
     flat = [(c, bit, a[:4]) for c, atoms in enumerate(chain_atoms) for bit, a in enumerate(atoms)]
     if not flat or any(a[1] not in (-1, *PORT_PROTOCOLS) for _, _, a in flat):
         return off
@@ -639,6 +636,8 @@ def _admit_table(
     gid = {a: i for i, a in enumerate(distinct)}
     fam, proto, lo, hi = (np.array(col, dtype=np.int64) for col in zip(*distinct, strict=True))
     n_pc = int(classes.port_class.max()) + 1
+    if 8 * n_pc * len(distinct) > ADMIT_BUDGET:  # the satisfied matrix below, a byte each
+        return off
     _, first_port = np.unique(classes.port_class, return_index=True)
     # satisfied[family slot, protocol slot, port class, atom]
     satisfied = np.zeros((2, 4, n_pc, len(distinct)), dtype=bool)

@@ -216,3 +216,11 @@ def test_admit_table_is_off_past_its_budget_or_for_another_protocol(
     assert len(policy_index._admit_table([[(0, 1, -1, -1, -1)]], classes)[2]) == 0  # ICMP atom
     monkeypatch.setattr(policy_index, "ADMIT_BUDGET", 8)
     assert len(policy_index._admit_table([[(0, 6, -1, -1, -1)]], classes)[2]) == 0
+    # a port class per port and 200 distinct atoms: working the keys out alone would take
+    # 8 x 65,536 x 200 bytes, past the default budget, so it is not tried
+    monkeypatch.undo()
+    every_port = SimpleNamespace(port_class=np.arange(65536, dtype=np.int32))
+    atoms = [[(0, 6, p, p, -1) for p in range(i, i + 50)] for i in range(0, 200, 50)]
+    assert len(policy_index._admit_table(atoms, every_port)[2]) == 0
+    few_classes = SimpleNamespace(port_class=np.minimum(np.arange(65536), 51).astype(np.int32))
+    assert len(policy_index._admit_table(atoms[:1], few_classes)[2]) > 0  # 8 x 52 x 50 bytes
