@@ -92,18 +92,14 @@ class PolicyIndex:
     @property
     def pairs(self) -> tuple[int, int]:
         """(policy chain, peer identity) pairs listed: (in the filter, in the peer table)."""
-        filtered = sum(_popcount(row[w::FILTER_BLOCK]) for row in self.arrays[8]
-                       for w in range(1, FILTER_BLOCK))  # fmt: skip
+        bits = self.arrays[8].reshape(-1, FILTER_BLOCK)[:, 1:]  # each block less its rank word
+        filtered = int(np.unpackbits(np.ascontiguousarray(bits).view(np.uint8)).sum())
         return filtered, int((self.arrays[6][:, 0] != 0).sum())
 
     @property
     def admit_keys(self) -> int:
         """Port keys in the admit table (0: off, atoms are visited one by one)."""
         return int(self.arrays[12].shape[0])
-
-
-def _popcount(words: np.ndarray) -> int:
-    return int(np.unpackbits(np.ascontiguousarray(words).view(np.uint8)).sum())
 
 
 def _fill(
@@ -326,7 +322,8 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
             summaries[pc] = summary
     searched = _within_budget(summaries)
     width = {pc: sum(len(e[1]) for e in s[2]) for pc, s in summaries.items()}
-    number = {pc: i for i, pc in enumerate(sorted(summaries, key=lambda pc: (width[pc], pc)))}
+    order = sorted(summaries, key=lambda pc: (width[pc], pc))  # chain numbers, narrowest first
+    number = {pc: i for i, pc in enumerate(order)}
     row_blocks = (n_ident + BLOCK_BITS - 1) // BLOCK_BITS
     n_rows = min(len(summaries), FILTER_BUDGET // (8 * FILTER_BLOCK * row_blocks))
     filter_pos: list[np.ndarray] = []
@@ -419,7 +416,7 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
         np.array(records, dtype=np.uint64) if records else np.zeros(1, dtype=np.uint64),
         *peer_table,
         *_ranked_filter(*_merged(filter_pos, filter_bits), n_rows, row_blocks),
-        *_admit_table([summaries[pc][1] for pc in sorted(summaries, key=number.get)], classes),
+        *_admit_table([summaries[pc][1] for pc in order], classes),
     )
     return PolicyIndex("", arrays)
 
