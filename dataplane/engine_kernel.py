@@ -22,7 +22,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .policy_index import BLOCK_BITS, FILTER_BLOCK, HASH_MUL, LEAVE, PEER_BUCKET, SEARCHED
+from .policy_index import (
+    BLOCK_BITS,
+    FILTER_BLOCK,
+    HASH_MUL,
+    LEAVE,
+    PEER_BUCKET,
+    SEARCHED,
+    UNIFORM,
+)
 from .popcount import popcount
 from .program import (
     C_ARG,
@@ -54,10 +62,12 @@ _S8 = np.uint64(8)
 _S48 = np.uint64(48)
 _ONE = np.uint64(1)
 _M32 = np.uint64(0xFFFFFFFF)
+_M24 = np.uint64(0xFFFFFF)
 _S58 = np.uint64(58)
 _ZERO = np.uint64(0)
 _TWO = np.uint64(2)
 _FOUR = np.uint64(4)
+_UNIFORM = np.uint64(UNIFORM)  # a filter block's head holds its one mask
 _SEARCHED = np.uint64(SEARCHED)  # a policy chain's offset flag: it has searched peer sets
 _RECORD = np.uint64(0xFFFFFFFF)  # a policy chain's record offset, in the low 32 bits...
 _CHAIN = np.uint64((1 << 30) - 1)  # ...and its number in the 30 above
@@ -193,7 +203,8 @@ def peer_mask(table, shift, w):
 @njit(cache=True, nogil=True, inline="always")
 def filter_mask(pfilter, pmask, row, ident):
     """The mask listed for ``ident`` in row ``row`` of a ``policy_index`` peer filter, or 0:
-    its bit, and when set, the mask at the block's rank plus the set bits before it."""
+    its bit, and when set, the block's one mask, or the mask at the block's rank plus the set
+    bits before it."""
     o = np.int64(ident)
     base = (o // BLOCK_BITS) * FILTER_BLOCK
     within = o % BLOCK_BITS
@@ -201,7 +212,10 @@ def filter_mask(pfilter, pmask, row, ident):
     b = np.uint64(within & 63)
     if (word >> b) & _ONE == 0:
         return _ZERO
-    r = pfilter[row, base] + popcount(word & ((_ONE << b) - _ONE))
+    head = pfilter[row, base]
+    if head & _UNIFORM != 0:
+        return head ^ _UNIFORM
+    r = head + popcount(word & ((_ONE << b) - _ONE))
     for j in range(within >> 6):
         r += popcount(pfilter[row, base + 1 + j])
     return pmask[np.int64(r)]
@@ -280,7 +294,7 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
         # the per-pod chain records of the two addresses' dispatch rules, in rule order
         r0 = np.int64(ident_row[sid, 4])
         r1 = np.int64(ident_row[did, 5])
-        if r0 == 0 or (r1 != 0 and rec[r1 - 1] < rec[r0 - 1]):
+        if r0 == 0 or (r1 != 0 and r1 < r0):  # records are laid out in rule order
             r0, r1 = r1, r0
         undecided = False
         kk = -1  # the packet's port key for the admit table, once needed
@@ -288,24 +302,22 @@ def _decide(prog, entry, n_sets, classes, index, cache_keys, cache_vals, counter
             at = (r0 if step == 0 else r1) - 1
             if at < 0:
                 continue
-            drop = np.int64(rec[at + 1])
+            drop = np.int64(rec[at])
             if drop == LEAVE:
                 undecided = True
                 break
-            if rec[at + 2] == 1:
+            shape = rec[at + 1]
+            if shape & _ONE == 1:
                 ohi, olo, oid = dhi, dlo, did
             else:
                 ohi, olo, oid = shi, slo, sid
             allowed = False
-            n = np.int64(rec[at + 3])
-            at += 4
-            for _ in range(n):
+            at += 2
+            for _ in range(np.int64((shape >> _S8) & _M24)):
                 if rec[at] == fam and rec[at + 1] == ohi and rec[at + 2] == olo:
                     allowed = True
                 at += 3
-            n = np.int64(rec[at])
-            at += 1
-            for t in range(n):
+            for t in range(np.int64(shape >> _S32)):
                 if allowed:
                     break
                 counters[5] += 1

@@ -17,10 +17,11 @@ that depends on the one before. For tables of the shape ``compiler.lower`` produ
   use, plus the mask every identity may use; the pod's own address decides the own-side sets
   once, when its record is built (a mask of the atoms the pod may use). The peer masks are
   listed in a *peer filter*: a row of bits per policy chain, one per identity, in cache-line
-  blocks that start with the number of masks before them, so a set bit's mask sits at that
-  rank plus the set bits before it in its block. Most lookups find the bit clear and read one
-  line. Chains the filter has no room for keep their masks in a hash table of four-slot
-  buckets, compared without branching;
+  blocks that start with a head word: the block's one mask when all its pairs share it (most
+  do), else the number of masks listed before it, so a set bit's mask sits at that rank plus
+  the set bits before it in its block. Most lookups find the bit clear and read one line.
+  Chains the filter has no room for keep their masks in a hash table of four-slot buckets,
+  compared without branching;
 - whether the packet satisfies an atom depends only on its family, protocol and port class:
   each (family, protocol, port class) has a *port key*, and a table gives, per port key and
   policy chain, the atoms such a packet satisfies. An allowed peer is then one AND away.
@@ -62,8 +63,9 @@ PEER_BUCKET = 4  # peer-table slots per hash (2 words each: one cache line)
 PAIR_BUDGET = 1 << 22  # (policy chain, peer identity) pairs listed, in the filter or the table
 HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # the tables' hash, here and in the kernel
 FILTER_BUDGET = 1 << 25  # bytes of the peer filter (one bit per policy chain x identity)
-FILTER_BLOCK = 8  # words per filter block (a cache line): the rank word, then the row's bits
+FILTER_BLOCK = 8  # words per filter block (a cache line): the head word, then the row's bits
 BLOCK_BITS = 64 * (FILTER_BLOCK - 1)
+UNIFORM = 1 << 63  # a filter block's head: its pairs' one mask follows, not their rank
 ADMIT_BUDGET = 1 << 26  # bytes of the admit table (a word per port key x policy chain)
 PORT_PROTOCOLS = (6, 17, 132)  # TCP, UDP, SCTP: the protocols whose atoms may name ports
 
@@ -221,9 +223,10 @@ def _off_arrays() -> tuple[np.ndarray, ...]:
     )  # fmt: skip
 
 
-# A per-pod chain's record (one per dispatch rule) in ``records``:
-#   dispatch rule, DROP rule (-2: leave the packet to the walk), other side (0 src, 1 dst),
-#   self addresses n, n x (family, hi, lo), policy chains n, n x (policy record offset | chain
+# A per-pod chain's record (one per dispatch rule, in rule order, within one cache line when it
+# fits in one) in ``records``:
+#   DROP rule (-2: leave the packet to the walk), other side (0 src, 1 dst) | self addresses n
+#   << 8 | policy chains m << 32, n x (family, hi, lo), m x (policy record offset | chain
 #   number << 32 | SEARCHED, atoms any peer may use, atoms this pod may use: those whose
 #   own-side set it is in). The chain number is the peer filter's row and the admit table's
 #   column; chains are numbered narrowest first, so the filter's rows go to those it rules out
@@ -366,32 +369,37 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
     # destination (offset + 1, 0 for none), [6, 8) the exemption rule of a list of one, else -1
     ident_row = np.zeros((n_ident, 8), dtype=np.int32)
     idents = identities_of(classes, list(dispatch))
-    for ident, sides in zip(idents.tolist(), dispatch.values(), strict=True):
-        for side, k in enumerate(sides):
-            if k < 0:
-                continue
+    # in rule order, so the kernel orders a packet's two records by their offsets alone
+    placed = sorted(
+        (k, ident, side)
+        for ident, sides in zip(idents.tolist(), dispatch.values(), strict=True)
+        for side, k in enumerate(sides)
+        if k >= 0
+    )
+    for k, ident, side in placed:
+        shape = pods[int(p.r_jump[k])]
+        if shape is None or shape[0] != 1 - side or any(pc not in policy_entry for pc in shape[2]):
             ident_row[ident, 4 + side] = len(records) + 1
-            shape = pods[int(p.r_jump[k])]
-            if (
-                shape is None
-                or shape[0] != 1 - side
-                or any(pc not in policy_entry for pc in shape[2])
-            ):
-                records.extend((k, LEAVE & _MASK64, 0, 0, 0))
-                continue
-            other, selves, jumps, _, drop = shape
-            records.extend((k, drop, other, len(selves)))
-            for t in selves:
-                records.extend(t)
-            records.append(len(jumps))
-            for pc in jumps:
-                at, any_mask, free, owned = policy_entry[pc]
-                for bit, own in owned:
-                    if own not in members:
-                        members[own] = set(r.members(own).tolist())
-                    if ident in members[own]:
-                        free |= 1 << bit
-                records.extend((at, any_mask, free))
+            records.extend((LEAVE & _MASK64, 0))
+            continue
+        other, selves, jumps, _, drop = shape
+        if len(selves) >= 1 << 24 or len(jumps) >= 1 << 30:
+            raise _Shape(f"per-pod chain of rule {k} has too many addresses or policy chains")
+        size = 2 + 3 * len(selves) + 3 * len(jumps)
+        if (len(records) % _LINE + size - 1) // _LINE > (size - 1) // _LINE:
+            records.extend([0] * (-len(records) % _LINE))  # on as few cache lines as it can be
+        ident_row[ident, 4 + side] = len(records) + 1
+        records.extend((drop, other | len(selves) << 8 | len(jumps) << 32))
+        for t in selves:
+            records.extend(t)
+        for pc in jumps:
+            at, any_mask, free, owned = policy_entry[pc]
+            for bit, own in owned:
+                if own not in members:
+                    members[own] = set(r.members(own).tolist())
+                if ident in members[own]:
+                    free |= 1 << bit
+            records.extend((at, any_mask, free))
 
     keys, masks = _merged(peer_keys, peer_bits)
     peer_table = hash_table(keys, np.stack([keys, masks], axis=1), 2, PEER_BUCKET)
@@ -413,7 +421,7 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
         ct_ok,
         ident_row,
         ex_rules if len(ex_rules) else np.zeros(1, dtype=np.int32),
-        np.array(records, dtype=np.uint64) if records else np.zeros(1, dtype=np.uint64),
+        _line_aligned(np.array(records or [0], dtype=np.uint64)),
         *peer_table,
         *_ranked_filter(*_merged(filter_pos, filter_bits), n_rows, row_blocks),
         *_admit_table([summaries[pc][1] for pc in order], classes),
@@ -422,6 +430,17 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
 
 
 _MASK64 = (1 << 64) - 1
+_LINE = 8  # words in a cache line
+
+
+def _line_aligned(a: np.ndarray) -> np.ndarray:
+    """``a`` copied to memory that starts on a cache line (64 bytes), so records laid out not
+    to cross a line boundary do not."""
+    raw = np.zeros(a.nbytes + 64, dtype=np.uint8)
+    skip = -raw.ctypes.data % 64
+    out = raw[skip : skip + a.nbytes].view(a.dtype)
+    out[:] = a
+    return out
 
 
 def identities_of(classes: Classes, addresses: list[tuple[int, int, int]]) -> np.ndarray:
@@ -460,10 +479,12 @@ def _ranked_filter(
     positions: np.ndarray, masks: np.ndarray, n_rows: int, row_blocks: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The peer filter: per policy chain, a row of ``row_blocks`` blocks of ``FILTER_BLOCK``
-    words, each block the number of pairs before it (its rank), then ``BLOCK_BITS`` bits, one
-    per identity; and the pairs' masks in position order. A set bit's mask is at the block's
-    rank plus the set bits before it in the block, so the kernel reads one cache line of the
-    filter and, for a listed peer, one mask."""
+    words, each block a head word, then ``BLOCK_BITS`` bits, one per identity; and the masks
+    of the pairs in blocks that need them, in position order. A block whose pairs all have one
+    mask (most: a policy chain's peers usually share theirs) holds that mask in its head, with
+    ``UNIFORM`` set; any other block's head is its rank, the number of masks listed before it,
+    so a set bit's mask is at that rank plus the set bits before it in the block. Either way
+    the kernel reads one cache line of the filter and, for a peer in a mixed block, one mask."""
     words = np.zeros(n_rows * row_blocks * FILTER_BLOCK, dtype=np.uint64)
     block = positions // np.uint64(BLOCK_BITS)
     at = (
@@ -471,15 +492,24 @@ def _ranked_filter(
         + np.uint64(1)
         + (positions % np.uint64(BLOCK_BITS)) // np.uint64(64)
     )
+    uniform = np.zeros(n_rows * row_blocks, dtype=bool)
     if len(at):
         starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
         bits = np.left_shift(np.uint64(1), positions & np.uint64(63))
         words[at[starts]] = np.bitwise_or.reduceat(bits, starts)
-    first = np.arange(n_rows * row_blocks, dtype=np.uint64) * np.uint64(BLOCK_BITS)
-    words[::FILTER_BLOCK] = np.searchsorted(positions, first)
+        first = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+        low = np.minimum.reduceat(masks, first)
+        one = (low == np.maximum.reduceat(masks, first)) & (low < UNIFORM)
+        uniform[block[first[one]].astype(np.int64)] = True
+        words[block[first[one]] * np.uint64(FILTER_BLOCK)] = low[one] | np.uint64(UNIFORM)
+    mixed = ~uniform[block.astype(np.int64)]
+    ranked = np.flatnonzero(~uniform)
+    starts_at = ranked.astype(np.uint64) * np.uint64(BLOCK_BITS)
+    words[ranked * FILTER_BLOCK] = np.searchsorted(positions[mixed], starts_at)
+    kept = masks[mixed]
     return (
         words.reshape(n_rows, row_blocks * FILTER_BLOCK),
-        masks if len(masks) else np.zeros(1, dtype=np.uint64),
+        kept if len(kept) else np.zeros(1, dtype=np.uint64),
     )
 
 

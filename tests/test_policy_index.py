@@ -38,17 +38,27 @@ def test_peer_table_finds_every_key_and_no_other(compiled: bool) -> None:
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["jit", "python"])
-def test_peer_filter_finds_every_pair_and_no_other(compiled: bool) -> None:
-    """Pairs scattered over rows of several blocks, each with its own mask: the reader finds
-    each pair's mask from its block's rank and the bits before it, and 0 for any other."""
-    from dataplane.policy_index import _ranked_filter
+@pytest.mark.parametrize("distinct", [3, 2**40], ids=["shared-masks", "own-masks"])
+def test_peer_filter_finds_every_pair_and_no_other(compiled: bool, distinct: int) -> None:
+    """Pairs scattered over rows of several blocks: the reader finds each pair's mask, from
+    the block's head when all its pairs share one, else from its rank and the bits before it,
+    and 0 for any other position. Only the mixed blocks' masks are listed."""
+    from dataplane.policy_index import FILTER_BLOCK, UNIFORM, _ranked_filter
 
     rng = np.random.default_rng(5)
     n_rows, row_blocks = 3, 4
     width = row_blocks * BLOCK_BITS
     positions = np.unique(rng.integers(0, n_rows * width, size=2000, dtype=np.uint64))
-    masks = rng.integers(1, 2**63, size=len(positions), dtype=np.uint64)
+    masks = rng.integers(1, distinct + 1, size=len(positions), dtype=np.uint64)
+    masks[positions // np.uint64(BLOCK_BITS) == 5] = 7  # one block shares a mask
+    # a block whose one mask has the head's flag bit (atom 63) keeps it listed
+    masks[positions // np.uint64(BLOCK_BITS) == 9] = np.uint64(UNIFORM)
     pfilter, pmask = _ranked_filter(positions, masks, n_rows, row_blocks)
+    heads = pfilter.reshape(-1, FILTER_BLOCK)[:, 0]
+    uniform = heads >= np.uint64(UNIFORM)
+    in_mixed = ~uniform[(positions // np.uint64(BLOCK_BITS)).astype(np.int64)]
+    assert uniform.any() and in_mixed.any()  # both ways of reading are exercised
+    assert pmask.tolist() == masks[in_mixed].tolist()
     read = filter_mask if compiled else filter_mask.py_func
     listed = dict(zip(positions.tolist(), masks.tolist(), strict=True))
     for pos in range(n_rows * width):
@@ -126,11 +136,11 @@ def test_peer_filter_lists_each_pair_once_with_its_rank_narrowest_chains_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The filter has a bit per (policy chain, peer identity) pair, and each block starts with
-    the number of pairs before it (where its masks start); the peer table keeps only the chains
-    without a row. On a budget of one row, the row is the narrowest chain's, and the answers
-    stay the walker's."""
+    its pairs' one mask or, when they have several, the number of masks listed before it; the
+    peer table keeps only the chains without a row. On a budget of one row, the row is the
+    narrowest chain's, and the answers stay the walker's."""
     from dataplane import policy_index
-    from dataplane.policy_index import FILTER_BLOCK
+    from dataplane.policy_index import FILTER_BLOCK, UNIFORM
 
     rs = lower(_scan_cluster())
     monkeypatch.setattr(policy_index, "FILTER_BUDGET", 0)
@@ -144,10 +154,14 @@ def test_peer_filter_lists_each_pair_once_with_its_rank_narrowest_chains_first(
     assert full.index.filter_rows == len(widths) > 1 and full.index.pairs == (widths.sum(), 0)
     blocks = full.index.arrays[8].reshape(-1, FILTER_BLOCK)
     per_block = np.unpackbits(blocks[:, 1:].copy().view(np.uint8), axis=1).sum(axis=1)
-    assert blocks[:, 0].tolist() == np.r_[0, np.cumsum(per_block)[:-1]].tolist()  # the ranks
+    uniform = blocks[:, 0] >= np.uint64(UNIFORM)  # a head holding its pairs' one mask
+    assert uniform.any()  # a policy chain's peers share their mask
+    listed = np.where(uniform, 0, per_block)
+    ranks = np.r_[0, np.cumsum(listed)[:-1]]
+    assert blocks[~uniform, 0].tolist() == ranks[~uniform].tolist()
     per_row = per_block.reshape(len(widths), -1).sum(axis=1)
     assert sorted(per_row.tolist()) == sorted(widths.tolist())
-    assert len(full.index.arrays[9]) == widths.sum()  # a mask per pair
+    assert len(full.index.arrays[9]) == max(listed.sum(), 1)  # a mask per pair not in a head
 
     row_bytes = full.index.arrays[8].nbytes // len(widths)
     monkeypatch.setattr(policy_index, "FILTER_BUDGET", row_bytes)
