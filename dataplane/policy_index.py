@@ -223,8 +223,8 @@ def _off_arrays() -> tuple[np.ndarray, ...]:
     )  # fmt: skip
 
 
-# A per-pod chain's record (one per dispatch rule, in rule order, within one cache line when it
-# fits in one) in ``records``:
+# A per-pod chain's record (one per dispatch rule, in rule order, on as few cache lines as its
+# size allows: one for a pod with one address and one policy chain) in ``records``:
 #   DROP rule (-2: leave the packet to the walk), other side (0 src, 1 dst) | self addresses n
 #   << 8 | policy chains m << 32, n x (family, hi, lo), m x (policy record offset | chain
 #   number << 32 | SEARCHED, atoms any peer may use, atoms this pod may use: those whose
