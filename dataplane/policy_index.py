@@ -94,7 +94,7 @@ class PolicyIndex:
     @property
     def pairs(self) -> tuple[int, int]:
         """(policy chain, peer identity) pairs listed: (in the filter, in the peer table)."""
-        bits = self.arrays[8].reshape(-1, FILTER_BLOCK)[:, 1:]  # each block less its rank word
+        bits = self.arrays[8].reshape(-1, FILTER_BLOCK)[:, 1:]  # each block less its head word
         filtered = int(np.unpackbits(np.ascontiguousarray(bits).view(np.uint8)).sum())
         return filtered, int((self.arrays[6][:, 0] != 0).sum())
 
@@ -423,7 +423,7 @@ def _build(r: _Reader, classes: Classes) -> PolicyIndex:
         ex_rules if len(ex_rules) else np.zeros(1, dtype=np.int32),
         _line_aligned(np.array(records or [0], dtype=np.uint64)),
         *peer_table,
-        *_ranked_filter(*_merged(filter_pos, filter_bits), n_rows, row_blocks),
+        *_peer_filter(*_merged(filter_pos, filter_bits), n_rows, row_blocks),
         *_admit_table([summaries[pc][1] for pc in order], classes),
     )
     return PolicyIndex("", arrays)
@@ -475,7 +475,7 @@ def _merged(keys: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray
     return k[starts], np.bitwise_or.reduceat(m, starts)
 
 
-def _ranked_filter(
+def _peer_filter(
     positions: np.ndarray, masks: np.ndarray, n_rows: int, row_blocks: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The peer filter: per policy chain, a row of ``row_blocks`` blocks of ``FILTER_BLOCK``
@@ -500,8 +500,9 @@ def _ranked_filter(
         first = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
         low = np.minimum.reduceat(masks, first)
         one = (low == np.maximum.reduceat(masks, first)) & (low < UNIFORM)
-        uniform[block[first[one]].astype(np.int64)] = True
-        words[block[first[one]] * np.uint64(FILTER_BLOCK)] = low[one] | np.uint64(UNIFORM)
+        shared = block[first[one]].astype(np.int64)  # the blocks whose pairs share one mask
+        uniform[shared] = True
+        words[shared * FILTER_BLOCK] = low[one] | np.uint64(UNIFORM)
     mixed = ~uniform[block.astype(np.int64)]
     ranked = np.flatnonzero(~uniform)
     starts_at = ranked.astype(np.uint64) * np.uint64(BLOCK_BITS)

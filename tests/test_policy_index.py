@@ -43,7 +43,7 @@ def test_peer_filter_finds_every_pair_and_no_other(compiled: bool, distinct: int
     """Pairs scattered over rows of several blocks: the reader finds each pair's mask, from
     the block's head when all its pairs share one, else from its rank and the bits before it,
     and 0 for any other position. Only the mixed blocks' masks are listed."""
-    from dataplane.policy_index import FILTER_BLOCK, UNIFORM, _ranked_filter
+    from dataplane.policy_index import FILTER_BLOCK, UNIFORM, _peer_filter
 
     rng = np.random.default_rng(5)
     n_rows, row_blocks = 3, 4
@@ -53,7 +53,7 @@ def test_peer_filter_finds_every_pair_and_no_other(compiled: bool, distinct: int
     masks[positions // np.uint64(BLOCK_BITS) == 5] = 7  # one block shares a mask
     # a block whose one mask has the head's flag bit (atom 63) keeps it listed
     masks[positions // np.uint64(BLOCK_BITS) == 9] = np.uint64(UNIFORM)
-    pfilter, pmask = _ranked_filter(positions, masks, n_rows, row_blocks)
+    pfilter, pmask = _peer_filter(positions, masks, n_rows, row_blocks)
     heads = pfilter.reshape(-1, FILTER_BLOCK)[:, 0]
     uniform = heads >= np.uint64(UNIFORM)
     in_mixed = ~uniform[(positions // np.uint64(BLOCK_BITS)).astype(np.int64)]
